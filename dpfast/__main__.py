@@ -1,0 +1,5 @@
+import sys
+
+from dpfast.cli import main
+
+sys.exit(main())

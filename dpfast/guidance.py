@@ -1,0 +1,78 @@
+"""DPS guidance pieces: the step-size table ζ and the data-fit gradient at x̂0 (SPEC §4)."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+GUIDANCE_MODES = ("dps", "none", "x0")
+
+
+def _check_zeta_value(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"zeta {where} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"zeta {where} must be finite and >= 0, got {value}")
+    return value
+
+
+def _interpolate_mapping(mapping: Mapping, lam: float) -> float:
+    points = sorted((float(key), _check_zeta_value(value, f"for lam={key}")) for key, value in mapping.items())
+    if not points:
+        raise ValueError("zeta mapping must hold at least one (lam, zeta) pair")
+    keys = [key for key, _ in points]
+    if not keys[0] <= lam <= keys[-1]:
+        raise ValueError(f"zeta mapping covers lam in [{keys[0]}, {keys[-1]}], got lam={lam}")
+    return float(np.interp(lam, keys, [value for _, value in points]))
+
+
+def _per_step(values, steps: int, where: str) -> np.ndarray:
+    values = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
+    if values.shape != (steps,):
+        raise ValueError(f"zeta {where} must hold one value per step ({steps}), got shape {values.shape}")
+    if not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise ValueError(f"zeta {where} must be finite and >= 0")
+    return values
+
+
+def zeta_table(zeta, lams: Sequence[float], steps: int) -> np.ndarray:
+    """Resolve ``zeta`` to a float64 table ``(steps, B)`` indexed by table row k.
+
+    ``zeta`` may be a number; a mapping λ → ζ (linear interpolation between its keys,
+    an error outside them); a callable of λ returning a number or a per-step sequence;
+    or a per-step sequence. Per-step sequences are in execution order: entry 0 is the
+    first (noisiest) step, i.e. table row ``steps - 1``.
+    """
+    columns = []
+    for lam in lams:
+        if isinstance(zeta, Mapping):
+            value = _interpolate_mapping(zeta, lam)
+        elif callable(zeta):
+            value = zeta(lam)
+        else:
+            value = zeta
+        if isinstance(value, (Sequence, np.ndarray, torch.Tensor)) and not isinstance(value, str):
+            column = _per_step(value, steps, f"for lam={lam}")[::-1]
+        else:
+            column = np.full(steps, _check_zeta_value(value, f"for lam={lam}"))
+        columns.append(column)
+    return np.stack(columns, axis=1)
+
+
+def data_fit_gradient(
+    pred_x0: torch.Tensor, y: torch.Tensor, operator, clip_denoised: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual r = y − A(x̂0) and d = ∂(½‖r‖²)/∂x̃0 through the operator (and the clamp).
+
+    ``pred_x0`` is the unclamped Tweedie estimate x̃0; with ``clip_denoised`` the operator
+    sees clamp(x̃0) and autograd zeroes d where the clamp was active.
+    """
+    with torch.enable_grad():
+        x0 = pred_x0.detach().requires_grad_(True)
+        measured = operator(x0.clamp(-1.0, 1.0) if clip_denoised else x0)
+        residual = (y - measured).detach()
+        (grad,) = torch.autograd.grad(measured, x0, grad_outputs=-residual)
+    return residual, grad
