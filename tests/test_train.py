@@ -1,0 +1,137 @@
+"""Training script and Fashion-MNIST loader: checkpoint, resume, export (SPEC §8)."""
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dpfast import data
+from dpfast.models.adm import ADMConfig, load_adm_checkpoint
+from dpfast.train import CHECKPOINT_NAME, LOG_NAME, TrainConfig, batch_indices, export_ema, load_checkpoint, main, train
+
+# A smaller network than builtin-fmnist (same layer types) keeps each test a few seconds.
+TINY_CONFIG = ADMConfig(
+    image_size=32,
+    in_channels=1,
+    model_channels=32,
+    num_res_blocks=1,
+    attention_resolutions=(16,),
+    channel_mult=(1, 2),
+    num_head_channels=32,
+    learn_sigma=False,
+)
+
+
+def synthetic_images(count: int = 24) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(count, 1, 32, 32, generator=generator) * 2 - 1
+
+
+def tiny_run(out, steps, **options) -> TrainConfig:
+    # One thread: on a shared 2-core machine two OpenMP threads can run 10× slower.
+    return TrainConfig(out=out, steps=steps, batch=4, warmup=2, log_every=1, precision="fp32", threads=1, **options)
+
+
+def test_training_checkpoints_resumes_and_exports(tmp_path):
+    images = synthetic_images()
+    first = train(tiny_run(tmp_path / "run", 5), images=images, model_config=TINY_CONFIG)
+    assert first["step"] == 5 and np.isfinite(first["loss"])
+    checkpoint = load_checkpoint(tmp_path / "run")
+    assert checkpoint["step"] == 5
+    assert {"model", "ema", "optimizer", "generator_state", "torch_rng_state"} <= set(checkpoint)
+
+    with open(tmp_path / "run" / LOG_NAME, "a") as file:  # as if logged after the checkpoint, then killed
+        file.write("6,0.5,2e-4,1.0,1.0\n")
+    resumed = train(tiny_run(tmp_path / "run", 10), images=images, model_config=TINY_CONFIG)
+    assert resumed["step"] == 10
+    with open(tmp_path / "run" / LOG_NAME) as file:
+        rows = list(csv.DictReader(file))
+    assert [int(row["step"]) for row in rows] == list(range(1, 11))
+
+    # Resuming takes exactly the steps an uninterrupted run takes (same data, t, noise).
+    train(tiny_run(tmp_path / "straight", 10), images=images, model_config=TINY_CONFIG)
+    straight = load_checkpoint(tmp_path / "straight")
+    after_resume = load_checkpoint(tmp_path / "run")
+    for key, value in straight["model"].items():
+        torch.testing.assert_close(after_resume["model"][key], value, rtol=0, atol=0, msg=key)
+
+    exported = export_ema(tmp_path / "run", tmp_path / "tiny.safetensors")
+    model = load_adm_checkpoint(exported, TINY_CONFIG)
+    for key, value in after_resume["ema"].items():
+        torch.testing.assert_close(model.unet.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    with torch.no_grad():
+        output = model(images[:2], torch.tensor([10, 900]))
+    assert output.shape == (2, 1, 32, 32) and torch.isfinite(output).all()
+    from safetensors import safe_open
+
+    with safe_open(str(exported), framework="pt") as file:
+        metadata = file.metadata()
+    assert metadata["step"] == "10" and json.loads(metadata["adm_config"])["model_channels"] == 32
+
+
+def test_builtin_preset_trains_in_bf16_and_exports_from_the_command_line(tmp_path, monkeypatch):
+    images = synthetic_images(8)
+    monkeypatch.setattr(data, "load_fashion_mnist", lambda split, limit=None: (images[:limit], torch.zeros(8)))
+    out = tmp_path / "builtin"
+    main(["--out", str(out), "--steps", "2", "--batch", "2", "--limit", "4", "--precision", "bf16", "--log-every", "1",
+          "--threads", "1"])
+    assert (out / CHECKPOINT_NAME).is_file()
+    main(["--out", str(out), "--export", str(tmp_path / "builtin.safetensors")])  # export only
+    model = load_adm_checkpoint(tmp_path / "builtin.safetensors", "builtin-fmnist")
+    with torch.no_grad():
+        output = model(images[:2], torch.tensor([0, 999]))
+    assert torch.isfinite(output).all()
+
+
+def test_checkpoint_of_another_config_is_not_resumed(tmp_path):
+    images = synthetic_images(8)
+    train(tiny_run(tmp_path, 1), images=images, model_config=TINY_CONFIG)
+    other = ADMConfig(**{**TINY_CONFIG.to_dict(), "model_channels": 64})
+    with pytest.raises(ValueError, match="model config"):
+        train(tiny_run(tmp_path, 2), images=images, model_config=other)
+
+
+def test_batch_indices_visit_every_example_once_per_epoch():
+    seen = torch.cat([batch_indices(step, batch=4, size=10, seed=3) for step in range(5)])  # two epochs
+    assert sorted(seen[:10].tolist()) == list(range(10))
+    assert sorted(seen[10:].tolist()) == list(range(10))
+    assert not torch.equal(seen[:10], seen[10:])
+
+
+def _write_idx(path, array: np.ndarray, type_code: int) -> None:
+    header = bytes([0, 0, type_code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    with gzip.open(path, "wb") as file:
+        file.write(header + array.astype(array.dtype.newbyteorder(">")).tobytes())
+
+
+def test_fashion_mnist_loader_pads_with_background_and_scales_to_unit_range(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, size=(3, 28, 28), dtype=np.uint8)
+    pixels[0, 0, 0], pixels[0, 0, 1] = 0, 255
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", pixels, 0x08)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.array([9, 2, 1], dtype=np.uint8), 0x08)
+    images, labels = data.load_fashion_mnist("test", root=tmp_path)
+    assert images.shape == (3, 1, 32, 32) and images.dtype == torch.float32
+    assert labels.tolist() == [9, 2, 1] and labels.dtype == torch.int64
+    torch.testing.assert_close(images[:, 0, 2:30, 2:30], torch.from_numpy(pixels.astype(np.float32) / 127.5 - 1))
+    border = torch.ones(3, 1, 32, 32, dtype=torch.bool)
+    border[:, :, 2:30, 2:30] = False
+    assert (images[border] == -1).all()
+    assert images[0, 0, 2, 2] == -1 and images[0, 0, 2, 3] == 1
+
+
+def test_missing_fashion_mnist_names_the_apt_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt-get install -y dataset-fashion-mnist"):
+        data.load_fashion_mnist("train", root=tmp_path)
+
+
+def test_real_fashion_mnist_splits_when_installed():
+    if not (data.FASHION_MNIST_DIR / data.FASHION_MNIST_FILES["test"][0]).is_file():
+        pytest.skip("Debian package dataset-fashion-mnist is not installed")
+    images, labels = data.load_fashion_mnist("test")
+    assert images.shape == (10000, 1, 32, 32) and labels.shape == (10000,)
+    assert images.min() == -1 and images.max() == 1
+    assert labels[:3].tolist() == [9, 2, 1] and set(labels.tolist()) == set(range(10))
