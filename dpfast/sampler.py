@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from dpfast import validation
 from dpfast.guidance import GUIDANCE_MODES, data_fit_gradient, zeta_table
-from dpfast.kernels import dps_update_ref, reverse_step_ref
+from dpfast.kernels import dps_update, resolve_backend, reverse_step
 from dpfast.models.base import ScoreModel
 from dpfast.noise import INITIAL_NOISE_STEP, counter_normal_ref, seed_tensor
 from dpfast.operators import Identity, as_operator
@@ -54,6 +54,11 @@ class Sampler:
             the model's.
         clip_denoised: clamp x̂0 to [-1, 1]; default the model's (True for images).
         noise_scaling: ``"variance"`` (s(λ) = sqrt(λ), the method) or ``"std"`` (s(λ) = λ).
+        backend: which implementation runs the fused per-step ops: ``"auto"`` (CUDA
+            kernels on CUDA tensors, else Triton; the C++ kernels on the CPU; the torch
+            reference last), ``"cuda"``, ``"triton"``, ``"cpp"`` or ``"torch"``;
+            ``$DPFAST_BACKEND`` replaces ``"auto"``. A forced backend that cannot run
+            raises with the reason.
         progress: show a progress bar over the steps.
 
     Example:
@@ -77,6 +82,7 @@ class Sampler:
         variance: str | None = None,
         clip_denoised: bool | None = None,
         noise_scaling: str = "variance",
+        backend: str = "auto",
         progress: bool = False,
     ):
         if not isinstance(model, ScoreModel):
@@ -106,6 +112,9 @@ class Sampler:
         self.chain = self.schedule.respace(self.steps)
         self.coefficients = coefficient_table_tensor(self.chain, self.variance, self.device)
         self.timesteps = torch.as_tensor(self.chain.timesteps, dtype=torch.int64, device=self.device)
+        # the step ids keying the in-kernel RNG, as device tensors: no host value per step
+        self.step_ids = torch.arange(self.steps, dtype=torch.int64, device=self.device)
+        self.backend = resolve_backend(backend, self.device, (torch.float32,))
 
     # ----------------------------------------------------------------- public API
     def restore(self, y: torch.Tensor, lam: float = 1.0, sigma_n: float | None = None, seed=0) -> torch.Tensor:
@@ -199,7 +208,7 @@ class Sampler:
             if self.guidance == "none":
                 return x_prime
             residual, data_grad = data_fit_gradient(pred_x0, batch.y, self.operator, self.clip_denoised)
-            return dps_update_ref(x_prime, data_grad, None, residual, batch.zeta[k], row)
+            return dps_update(x_prime, data_grad, None, residual, batch.zeta[k], row, backend=self.backend)
 
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
@@ -208,18 +217,19 @@ class Sampler:
         residual, data_grad = data_fit_gradient(pred_x0, batch.y, self.operator, self.clip_denoised)
         eps = output[:, : x.shape[1]]
         (network_vjp,) = torch.autograd.grad(eps, x_in, grad_outputs=data_grad.to(eps.dtype))
-        return dps_update_ref(x_prime, data_grad, network_vjp, residual, batch.zeta[k], row)
+        return dps_update(x_prime, data_grad, network_vjp, residual, batch.zeta[k], row, backend=self.backend)
 
     def _reverse_step(self, x, output, row, batch: _Batch, noise_words, k: int):
-        return reverse_step_ref(
+        return reverse_step(
             x,
             output,
             row,
             batch.noise_scale,
             seed_words=noise_words,
-            step=k,
+            step=self.step_ids[k],
             clip_denoised=self.clip_denoised,
             learned_variance=self.variance == "learned_range",
+            backend=self.backend,
         )
 
     # -------------------------------------------------------------------- checks

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# GPU checks for dpfast, run from anywhere on a machine with a CUDA GPU and a Python
+# environment that already holds torch (CUDA build), triton, pytest, pytest-benchmark and
+# ninja. A plain sequence of sections; each records pass/fail, none stops the others,
+# and a short table is printed last. Results also land in $OUT (default /tmp/dpfast_gpu_check).
+#
+#   bash bench/gpu_check.sh            # PYTHON=... to pick the interpreter
+#
+# Sections: install, environment, CUDA kernel tests, compute-sanitizer (if available),
+# kernel benchmarks on CUDA. Add new sections with `section` + `record`.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python}
+OUT=${OUT:-/tmp/dpfast_gpu_check}
+mkdir -p "$OUT"
+# Triton must compile for the GPU here, not interpret (tests/conftest.py defaults it to 1).
+export TRITON_INTERPRET=0
+SUMMARY=()
+
+section() { echo; echo "=== $1 ==="; }
+record() { SUMMARY+=("$1|$2|$3"); }  # name, status, seconds
+timed() {  # timed NAME COMMAND...: run, record status and wall time
+  local name=$1 start=$SECONDS status
+  shift
+  "$@"
+  status=$?
+  record "$name" "$([ $status -eq 0 ] && echo pass || echo "FAIL ($status)")" "$((SECONDS - start))"
+  return $status
+}
+
+section "install (compiles the C++ and CUDA extensions)"
+timed install "$PYTHON" -m pip install --no-build-isolation --no-deps -e . >"$OUT/install.log" 2>&1
+tail -n 5 "$OUT/install.log"
+
+section "environment"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "nvidia-smi unavailable"
+"$PYTHON" - <<'EOF'
+import torch, dpfast._extension as extension
+from dpfast.kernels import available_backends
+print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name())
+try:
+    import triton; print("triton", triton.__version__)
+except ImportError as error:
+    print("triton missing:", error)
+print("CUDA extension:", "loaded" if extension.cuda_extension_loaded() else extension.extension_error("cuda"))
+print("backends on cuda:", available_backends("cuda"))
+EOF
+
+section "kernel tests (CPU and CUDA)"
+timed kernel_tests "$PYTHON" -m pytest tests/kernels -q -rs -p no:cacheprovider --junitxml="$OUT/kernel_tests.xml"
+
+section "compute-sanitizer memcheck on the CUDA kernel tests"
+if command -v compute-sanitizer >/dev/null 2>&1; then
+  timed sanitizer compute-sanitizer --tool memcheck --error-exitcode 1 --target-processes all \
+    "$PYTHON" -m pytest tests/kernels/test_reverse_step.py tests/kernels/test_dps_update.py -q -p no:cacheprovider \
+    -k "cuda-cuda and (image_odd or vector or image_superres or chain_ends or non_contiguous)"
+else
+  echo "compute-sanitizer not found; skipped"
+  record sanitizer skipped 0
+fi
+
+section "kernel benchmarks on CUDA (eager torch vs cuda vs triton vs device-to-device copy)"
+timed benchmarks env DPFAST_BENCH_DEVICE=cuda DPFAST_BENCH_TABLE="$OUT/kernels_cuda.md" \
+  "$PYTHON" -m pytest bench/bench_kernels.py -q -p no:cacheprovider \
+  --benchmark-columns=min,median,rounds --benchmark-json="$OUT/kernels_cuda.json"
+
+section "summary"
+printf '%-14s %-12s %8s\n' section status seconds
+for row in "${SUMMARY[@]}"; do
+  IFS='|' read -r name status seconds <<<"$row"
+  printf '%-14s %-12s %8s\n' "$name" "$status" "$seconds"
+done
+if [ -f "$OUT/kernels_cuda.md" ]; then
+  echo
+  cat "$OUT/kernels_cuda.md"
+fi
