@@ -4,6 +4,7 @@ from dpfast.models.loading import load_model
 from dpfast.operators import measure
 from dpfast.sampler import Sampler, restore
 from dpfast.schedule import Schedule
+from dpfast.stream import Stream
 
 __version__ = "0.1.0"
-__all__ = ["Sampler", "Schedule", "load_model", "measure", "models", "operators", "restore"]
+__all__ = ["Sampler", "Schedule", "load_model", "measure", "models", "operators", "restore", "Stream"]
