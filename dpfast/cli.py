@@ -98,12 +98,33 @@ def _measurements(args, files, model, operator, seeds) -> torch.Tensor:
     return stacked
 
 
+def distributed_shard(files: list[Path]) -> tuple[list[Path], int, int]:
+    """Under ``torchrun`` (RANK/WORLD_SIZE set): this rank's files, the rank, the world size.
+
+    Files are dealt round-robin over the sorted list, so every input is restored exactly
+    once; each file's seed comes from its name, so results do not depend on the world size.
+    """
+    import os
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return files, 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank()
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return files[rank::world_size], rank, world_size
+
+
 def cmd_restore(args) -> int:
     from tqdm.auto import tqdm
 
     from dpfast.image_io import collect_inputs, save_image
 
-    files = collect_inputs(args.inputs)
+    files, rank, world_size = distributed_shard(collect_inputs(args.inputs))
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"-o {str(out_dir)!r} exists and is not a folder")
@@ -112,11 +133,15 @@ def cmd_restore(args) -> int:
     operator = build_operator(args.task, tuple(model.image_shape), args)
     sampler = _sampler(args, model, operator)
     outputs = {path: out_dir / (path.stem + (".npy" if path.suffix.lower() == ".npy" else ".png")) for path in files}
+    for output in outputs.values():  # temporaries a killed run left behind (this rank's files only)
+        for stale in out_dir.glob(f".{output.name}.*.tmp"):
+            stale.unlink()
     todo = [path for path in files if args.overwrite or not outputs[path].exists()]
     if len(todo) < len(files) and not args.quiet:
         print(f"dpfast: {len(files) - len(todo)} outputs exist already (use --overwrite to redo them)")
     started = time.perf_counter()
-    progress = tqdm(total=len(todo), desc="images", unit="img", disable=args.quiet)
+    progress = tqdm(total=len(todo), desc=f"images (rank {rank})" if world_size > 1 else "images", unit="img",
+                    disable=args.quiet)
     for start in range(0, len(todo), args.batch):
         chunk = todo[start : start + args.batch]
         seeds = [image_seed(path.name, args.seed) for path in chunk]
@@ -128,7 +153,13 @@ def cmd_restore(args) -> int:
     progress.close()
     elapsed = time.perf_counter() - started
     rate = len(todo) / elapsed if elapsed > 0 and todo else 0.0
-    print(f"dpfast: restored {len(todo)} images in {elapsed:.1f} s ({rate:.2f} images/s) -> {out_dir}")
+    where = f" on rank {rank} of {world_size}" if world_size > 1 else ""
+    print(f"dpfast: restored {len(todo)} images{where} in {elapsed:.1f} s ({rate:.2f} images/s) -> {out_dir}")
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
     return 0
 
 
