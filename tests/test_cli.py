@@ -104,3 +104,12 @@ def test_image_seed_depends_on_name_and_base_seed_only():
     assert image_seed("a.png", 0) == image_seed("a.png", 0)
     assert image_seed("a.png", 0) != image_seed("b.png", 0) != image_seed("a.png", 1)
     assert 0 <= image_seed("a.png", 0) < 2**63
+
+
+def test_reproduce_is_wired_to_the_experiments(capsys):
+    import pytest as _pytest
+
+    with _pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", "--help"])
+    assert exit_info.value.code == 0
+    assert "gmm_1d" in capsys.readouterr().out

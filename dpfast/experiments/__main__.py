@@ -1,0 +1,5 @@
+import sys
+
+from dpfast.experiments import main
+
+sys.exit(main())
