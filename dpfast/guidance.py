@@ -62,17 +62,50 @@ def zeta_table(zeta, lams: Sequence[float], steps: int) -> np.ndarray:
     return np.stack(columns, axis=1)
 
 
+def autograd_vjp(function: Callable, primal: torch.Tensor, has_aux: bool = False):
+    """``torch.func.vjp``'s contract on plain autograd: ``(output, vjp_fn)`` or ``(output, vjp_fn, aux)``.
+
+    ``function`` runs once on a fresh leaf copy of ``primal`` with gradients enabled;
+    ``vjp_fn(cotangent)`` returns ``(Jᵀ·cotangent,)`` and frees the graph (call it once).
+    ``output`` and ``aux`` come back detached. Eager sampling and CUDA-graph capture use
+    it because it runs any differentiable code (``torch.func.vjp`` needs functorch-
+    compatible ``autograd.Function``s); ``torch.compile(fullgraph=True)`` cannot trace
+    ``torch.autograd.grad``, so compiled steps pass ``torch.func.vjp`` instead.
+
+    Example::
+
+        >>> output, vjp_fn = autograd_vjp(torch.sin, torch.zeros(3))
+        >>> vjp_fn(torch.ones(3))[0]
+        tensor([1., 1., 1.])
+    """
+    with torch.enable_grad():
+        leaf = primal.detach().requires_grad_(True)
+        result = function(leaf)
+    output, aux = result if has_aux else (result, None)
+
+    def vjp_fn(cotangent: torch.Tensor) -> tuple[torch.Tensor]:
+        return torch.autograd.grad(output, leaf, grad_outputs=cotangent)
+
+    if not has_aux:
+        return output.detach(), vjp_fn
+    return output.detach(), vjp_fn, aux.detach() if isinstance(aux, torch.Tensor) else aux
+
+
 def data_fit_gradient(
-    pred_x0: torch.Tensor, y: torch.Tensor, operator, clip_denoised: bool
+    pred_x0: torch.Tensor, y: torch.Tensor, operator, clip_denoised: bool, vjp: Callable = autograd_vjp
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Residual r = y − A(x̂0) and d = ∂(½‖r‖²)/∂x̃0 through the operator (and the clamp).
 
     ``pred_x0`` is the unclamped Tweedie estimate x̃0; with ``clip_denoised`` the operator
-    sees clamp(x̃0) and autograd zeroes d where the clamp was active.
+    sees clamp(x̃0) and the VJP zeroes d where the clamp was active. ``vjp`` is
+    :func:`autograd_vjp` (eager, CUDA graphs) or ``torch.func.vjp`` (inside
+    ``torch.compile``); both give the same numbers.
     """
-    with torch.enable_grad():
-        x0 = pred_x0.detach().requires_grad_(True)
-        measured = operator(x0.clamp(-1.0, 1.0) if clip_denoised else x0)
-        residual = (y - measured).detach()
-        (grad,) = torch.autograd.grad(measured, x0, grad_outputs=-residual)
+
+    def measured(x0: torch.Tensor) -> torch.Tensor:
+        return operator(x0.clamp(-1.0, 1.0) if clip_denoised else x0)
+
+    measurement, operator_vjp = vjp(measured, pred_x0)
+    residual = y - measurement
+    (grad,) = operator_vjp(-residual)
     return residual, grad

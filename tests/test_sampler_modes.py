@@ -1,0 +1,265 @@
+"""Sampler precision, memory format and execution modes (issue #5).
+
+The compiled tests are few and small (ToyConvScore on 8×8 images, 6 steps): four
+compiled samplers, up to ~50 s of inductor compile each on a loaded 2-core machine; the
+module took ~70 s there with an empty inductor cache.
+"""
+import logging
+
+import pytest
+import torch
+import torch._dynamo
+
+import dpfast as dp
+from dpfast.models.toy import ToyConvScore
+from dpfast.operators import GaussianBlur, SuperResolution, measure
+from dpfast.sampler import Sampler
+from dpfast.testing import assert_close, assert_error_at_most_torch
+
+IMAGE = (1, 8, 8)
+BATCH = 2
+COMPILE_STEPS = 6
+OPERATOR = SuperResolution(2, "avgpool")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # On this shared 2-core machine two OpenMP threads wait out scheduler slices at every
+    # barrier (a toy step measured 100× slower); one thread keeps the module short.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _measurement(operator, batch=BATCH, image=IMAGE, seed=1):
+    x = torch.rand(batch, *image, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    return measure(x, operator, 0.05, seed=100)
+
+
+def _unique_graphs() -> int:
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+# ------------------------------------------------------------------ compile mode
+@pytest.fixture(scope="module")
+def models():
+    return {
+        "dps": ToyConvScore(IMAGE, hidden=8, learned_variance=True),  # the learned_range path too
+        "x0": ToyConvScore(IMAGE, hidden=8),
+        "none": ToyConvScore(IMAGE, hidden=8),
+    }
+
+
+@pytest.fixture(scope="module")
+def prepared_compiled_sampler(models):
+    sampler = Sampler(models["dps"], OPERATOR, steps=COMPILE_STEPS, zeta=0.7, mode="compile")
+    return sampler.prepare(BATCH)
+
+
+def test_prepare_compiles_once_and_reports_the_compile_time(prepared_compiled_sampler):
+    assert prepared_compiled_sampler.active_mode == "compile"
+    assert prepared_compiled_sampler.compile_count == 1
+    assert prepared_compiled_sampler.last_compile_seconds > 0
+
+
+def test_compiled_restorations_equal_eager_for_the_same_seeds(models, prepared_compiled_sampler):
+    eager = Sampler(models["dps"], OPERATOR, steps=COMPILE_STEPS, zeta=0.7)
+    y = _measurement(OPERATOR)
+    for lam in (0.0, 0.5, 1.0):
+        compiled = prepared_compiled_sampler.restore(y, lam=lam, seed=3)
+        assert_close(compiled, eager.restore(y, lam=lam, seed=3), torch.float32, msg=f"lam={lam}")
+
+
+def test_prepared_compiled_sampler_does_not_recompile_across_10_restore_calls(prepared_compiled_sampler):
+    graphs_before = _unique_graphs()
+    y = _measurement(OPERATOR)
+    for call in range(10):
+        out = prepared_compiled_sampler.restore(y, lam=call / 9, seed=10 * call)  # λ = 0 included
+        assert out.shape == (BATCH,) + IMAGE and torch.isfinite(out).all()
+    assert prepared_compiled_sampler.compile_count == 1
+    assert _unique_graphs() == graphs_before
+
+
+@pytest.mark.parametrize("guidance", ["x0", "none"])
+def test_compiled_guidance_modes_equal_eager(models, guidance):
+    operator = None if guidance == "none" else OPERATOR
+    options = dict(steps=COMPILE_STEPS, zeta=0.7, guidance=guidance)
+    compiled = Sampler(models[guidance], operator, mode="compile", **options)
+    eager = Sampler(models[guidance], operator, **options)
+    for lam in (0.0, 1.0):
+        if guidance == "none":
+            got, want = compiled.sample(BATCH, lam=lam, seed=5), eager.sample(BATCH, lam=lam, seed=5)
+        else:
+            y = _measurement(operator)
+            got, want = compiled.restore(y, lam=lam, seed=5), eager.restore(y, lam=lam, seed=5)
+        assert_close(got, want, torch.float32, msg=f"guidance={guidance}, lam={lam}")
+    assert compiled.compile_count == 1
+
+
+def test_compiled_bf16_channels_last_step_errs_no_more_than_eager_bf16():
+    """Autocast and the memory format inside the compiled graph: against the float32
+    restoration, the compiled bf16 one may err at most 2× what eager bf16 errs
+    (dpfast.testing's rule for reduced precision)."""
+    image = (3, 8, 8)
+    model = ToyConvScore(image, hidden=8)
+    y = _measurement(OPERATOR, image=image)
+    options = dict(steps=COMPILE_STEPS, zeta=0.7, dtype=torch.bfloat16, channels_last=True)
+    compiled = Sampler(model, OPERATOR, mode="compile", **options).restore(y, lam=0.5, seed=1)
+    eager = Sampler(model, OPERATOR, **options).restore(y, lam=0.5, seed=1)
+    reference = Sampler(model, OPERATOR, steps=COMPILE_STEPS, zeta=0.7).restore(y, lam=0.5, seed=1)
+    assert_error_at_most_torch(compiled, eager, reference, msg="compiled bf16 vs float32")
+
+
+# ------------------------------------------------------- precision and layout
+REDUCED_STEPS = 10  # the random toy network amplifies rounding differences over long runs
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_reduced_precision_restorations_stay_finite_and_close_to_float32(dtype):
+    """10 steps, 4 images of 1×16×16, Gaussian blur, λ = 0.5, seed 0. Measured here: the
+    squared difference to float32 is 7e-5 (bf16) and 6e-8 (fp16) of the output's mean
+    square, and the distortion to the clean images moves by 0.05% and 0.001%; the bounds
+    (1e-3 and 1%) leave 15× margin for bf16."""
+    model = ToyConvScore((1, 16, 16), hidden=16)
+    operator = GaussianBlur(9, 1.5)
+    clean = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    y = measure(clean, operator, 0.05, seed=0)
+    reference = Sampler(model, operator, steps=REDUCED_STEPS).restore(y, lam=0.5, seed=0)
+    reduced = Sampler(model, operator, steps=REDUCED_STEPS, dtype=dtype).restore(y, lam=0.5, seed=0)
+    assert reduced.dtype == torch.float32 and torch.isfinite(reduced).all()
+    relative_mse = float((reduced - reference).pow(2).mean() / reference.pow(2).mean())
+    assert relative_mse < 1e-3, relative_mse
+    distortion = float((reduced - clean).pow(2).mean() / (reference - clean).pow(2).mean())
+    assert distortion == pytest.approx(1.0, rel=1e-2)
+
+
+def test_network_runs_in_reduced_precision_while_the_state_stays_float32(monkeypatch):
+    import dpfast.sampler as sampler_module
+
+    model = ToyConvScore(IMAGE, hidden=8)
+    network_outputs = []
+    model.register_forward_hook(lambda module, inputs, output: network_outputs.append(output.dtype))
+    step_inputs = []
+    original = sampler_module.reverse_step
+
+    def spy(x, model_output, *args, **kwargs):
+        step_inputs.append((x.dtype, model_output.dtype))
+        return original(x, model_output, *args, **kwargs)
+
+    monkeypatch.setattr(sampler_module, "reverse_step", spy)
+    sampler = Sampler(model, OPERATOR, steps=3, dtype=torch.bfloat16)
+    out = sampler.restore(_measurement(OPERATOR), lam=1.0, seed=0)
+    assert out.dtype == torch.float32
+    assert network_outputs == [torch.bfloat16] * 3
+    assert step_inputs == [(torch.float32, torch.bfloat16)] * 3
+
+
+def test_channels_last_hands_the_network_channels_last_input_and_keeps_the_result():
+    image = (3, 8, 8)  # with one channel both layouts have the same strides
+    model = ToyConvScore(image, hidden=8)
+    layouts = []
+    model.register_forward_pre_hook(
+        lambda module, inputs: layouts.append(inputs[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    y = _measurement(OPERATOR, image=image)
+    default = Sampler(model, OPERATOR, steps=5).restore(y, lam=0.5, seed=1)
+    layouts.clear()
+    channels_last = Sampler(model, OPERATOR, steps=5, channels_last=True).restore(y, lam=0.5, seed=1)
+    assert layouts == [True] * 5
+    assert_close(channels_last, default, torch.float32)
+
+
+# --------------------------------------------------------------------- arguments
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(dtype=torch.float64), ValueError, r"dtype sets the network's precision and must be .*got torch.float64"),
+        (dict(dtype="bfloat16"), TypeError, r"dtype must be a torch.dtype .*got str 'bfloat16'"),
+        (dict(mode="jit"), ValueError, r"mode must be one of \('eager', 'compile', 'cudagraph', 'auto'\), got 'jit'"),
+        (dict(channels_last="yes"), TypeError, "channels_last must be True or False, got str 'yes'"),
+        (dict(channels_last=1), TypeError, "channels_last must be True or False, got int 1"),
+        (dict(mode="cudagraph"), RuntimeError, "mode='cudagraph' needs the model on a CUDA device .* on cpu"),
+    ],
+    ids=[
+        "dtype-float64", "dtype-string", "mode-unknown", "channels-last-string", "channels-last-int",
+        "cudagraph-on-cpu",
+    ],
+)
+def test_bad_mode_dtype_or_layout_is_rejected(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        Sampler(ToyConvScore(IMAGE), OPERATOR, steps=3, **kwargs)
+
+
+def test_channels_last_on_a_vector_model_is_rejected():
+    prior = dp.models.GaussianScore(torch.zeros(3), torch.eye(3))
+    with pytest.raises(ValueError, match=r"channels_last=True needs an image model .* shape \(3,\)"):
+        Sampler(prior, None, steps=3, guidance="none", channels_last=True)
+
+
+def test_prepare_rejects_a_measurement_shape_the_operator_cannot_produce():
+    sampler = Sampler(ToyConvScore(IMAGE), OPERATOR, steps=3)
+    with pytest.raises(ValueError, match=r"measurement_shape must be .*\(1, 4, 4\).*got \(1, 8, 8\)"):
+        sampler.prepare(2, measurement_shape=(1, 8, 8))
+    with pytest.raises(ValueError, match=r"batch must lie in \[1, inf\], got 0"):
+        sampler.prepare(0)
+
+
+def test_auto_mode_runs_eager_on_the_cpu_and_logs_one_line(caplog):
+    with caplog.at_level(logging.INFO, logger="dpfast"):
+        sampler = Sampler(ToyConvScore(IMAGE), OPERATOR, steps=3, mode="auto")
+    assert sampler.active_mode == "eager"
+    lines = [record.getMessage() for record in caplog.records if "mode 'auto'" in record.getMessage()]
+    assert len(lines) == 1 and "runs 'eager' on cpu" in lines[0], lines
+
+
+def test_prepared_eager_sampler_gives_the_same_restorations():
+    model = ToyConvScore(IMAGE, hidden=8)
+    y = _measurement(OPERATOR)
+    plain = Sampler(model, OPERATOR, steps=4).restore(y, lam=0.5, seed=2)
+    prepared = Sampler(model, OPERATOR, steps=4).prepare(BATCH).restore(y, lam=0.5, seed=2)
+    assert torch.equal(prepared, plain)
+
+
+# --------------------------------------------------------------------- cudagraph
+def test_static_buffer_step_that_a_cuda_graph_replays_equals_eager_restoration_on_the_cpu():
+    """What ``mode="cudagraph"`` captures — one step on static buffers, the step id in a
+    tensor that selects the row, timestep and ζ with index_select and counts itself down,
+    noise always drawn (scaled by 0 at λ = 0) — run here step by step without capture."""
+    from functools import partial
+
+    from dpfast.guidance import autograd_vjp
+    from dpfast.noise import INITIAL_NOISE_STEP, counter_normal_ref
+    from dpfast.sampler import _CapturedStep, _indexed_step
+
+    steps = 5
+    sampler = Sampler(ToyConvScore(IMAGE, hidden=8, learned_variance=True), OPERATOR, steps=steps, zeta=0.7)
+    y = _measurement(OPERATOR)
+    static = _CapturedStep(
+        partial(_indexed_step, sampler, vjp=autograd_vjp), BATCH, IMAGE, tuple(y.shape[1:]), steps, torch.device("cpu")
+    )
+    for lam in (0.0, 0.6):
+        batch = sampler._prepare(y, [lam] * BATCH, [7, 8])
+        static.load(counter_normal_ref(batch.seed_words, INITIAL_NOISE_STEP, IMAGE), batch)
+        for _ in range(steps):
+            static.advance()
+        assert int(static.step) == 0
+        assert_close(static.x, sampler.restore(y, lam=lam, seed=7), torch.float32, msg=f"lam={lam}")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cudagraph_replays_match_eager_and_allocate_static_buffers_once():
+    model = ToyConvScore((3, 16, 16), hidden=16, learned_variance=True).cuda()
+    operator = GaussianBlur(9, 1.5)
+    y = _measurement(operator, batch=4, image=(3, 16, 16)).cuda()
+    graphed = Sampler(model, operator, steps=8, mode="cudagraph").prepare(4)
+    assert graphed.static_allocations == 1 and graphed.last_capture_seconds > 0
+    eager = Sampler(model, operator, steps=8)
+    for call in range(10):
+        lam = call / 9
+        got = graphed.restore(y, lam=lam, seed=call)
+        if call in (0, 5, 9):
+            # Convolution algorithms may differ between eager and captured runs: a
+            # float32 rounding per step, accumulated (as across batch sizes in test_sampler).
+            torch.testing.assert_close(got, eager.restore(y, lam=lam, seed=call), rtol=1e-4, atol=1e-4)
+    assert graphed.static_allocations == 1
