@@ -23,6 +23,7 @@ import os
 import platform
 
 import pytest
+from reporting import report_table
 import torch
 
 from dpfast import _extension
@@ -219,13 +220,5 @@ def _print_summary(request):
     yield
     if not _RESULTS:
         return
-    writer = request.config.pluginmanager.get_plugin("terminalreporter")
     lines = summary_table(_RESULTS, str(request.config.getoption("benchmark_timer", "time.perf_counter")))
-    if writer is not None:
-        writer.write_line("")
-        for line in lines:
-            writer.write_line(line)
-    output = os.environ.get("DPFAST_BENCH_TABLE")
-    if output:
-        with open(output, "w") as handle:
-            handle.write("\n".join(lines) + "\n")
+    report_table(request, lines)

@@ -29,6 +29,7 @@ import platform
 from dataclasses import dataclass
 
 import pytest
+from reporting import report_table
 import torch
 from pytest_benchmark.utils import load_timer
 
@@ -229,12 +230,4 @@ def _print_summary(request):
     if not _RESULTS:
         return
     lines = summary_table(_RESULTS, str(request.config.getoption("benchmark_timer", "time.perf_counter")))
-    writer = request.config.pluginmanager.get_plugin("terminalreporter")
-    if writer is not None:
-        writer.write_line("")
-        for line in lines:
-            writer.write_line(line)
-    output = os.environ.get("DPFAST_BENCH_TABLE")
-    if output:
-        with open(output, "w") as handle:
-            handle.write("\n".join(lines) + "\n")
+    report_table(request, lines)

@@ -1,0 +1,15 @@
+"""Shared by the benchmark modules: print a finished summary table, and save it when asked."""
+import os
+
+
+def report_table(request, lines: list[str]) -> None:
+    """Write ``lines`` to pytest's terminal and, if $DPFAST_BENCH_TABLE names a file, into it."""
+    writer = request.config.pluginmanager.get_plugin("terminalreporter")
+    if writer is not None:
+        writer.write_line("")
+        for line in lines:
+            writer.write_line(line)
+    output = os.environ.get("DPFAST_BENCH_TABLE")
+    if output:
+        with open(output, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
