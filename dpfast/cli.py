@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import importlib
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,6 +59,24 @@ def _device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but torch sees no CUDA device")
     return device
+
+
+def check_writable(path: Path, flag: str = "-o") -> None:
+    """Fail before any work if ``path`` (a folder to create or fill) cannot be written.
+
+    Walks up to the nearest existing ancestor and writes (and removes) a probe file there,
+    so nothing is left behind; permission checks alone would pass for root.
+    """
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{flag} {str(path)!r} cannot be written: {str(existing)!r} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise ValueError(f"{flag} {str(path)!r} cannot be written: {error.strerror or error} in {str(existing)!r}") from error
 
 
 def _sampler(args, model, operator):
@@ -128,10 +147,11 @@ def cmd_restore(args) -> int:
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"-o {str(out_dir)!r} exists and is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir)
     model = _load(args)
     operator = build_operator(args.task, tuple(model.image_shape), args)
     sampler = _sampler(args, model, operator)
+    out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {path: out_dir / (path.stem + (".npy" if path.suffix.lower() == ".npy" else ".png")) for path in files}
     for output in outputs.values():  # temporaries a killed run left behind (this rank's files only)
         for stale in out_dir.glob(f".{output.name}.*.tmp"):
@@ -172,6 +192,10 @@ def cmd_traverse(args) -> int:
         lams = check_lams([float(value) for value in args.lams.split(",")], "--lams")
     except ValueError as error:
         raise ValueError(f"--lams must be comma-separated numbers in [0, 1], got {args.lams!r} ({error})") from error
+    output = Path(args.output)
+    if output.is_dir():
+        raise ValueError(f"-o {args.output!r} is a folder; traverse writes one PNG file")
+    check_writable(output.parent)
     model = _load(args)
     operator = build_operator(args.task, tuple(model.image_shape), args)
     sampler = _sampler(args, model, operator)
@@ -250,6 +274,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--batch must be >= 1, got {args.batch}")
     try:
         return {"restore": cmd_restore, "traverse": cmd_traverse}[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, TypeError, OSError, RuntimeError) as error:
         print(f"dpfast {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -13,6 +13,8 @@ set's statistics can be computed once and reused with :func:`frechet_distance`.
 """
 from __future__ import annotations
 
+import math
+
 import warnings
 from typing import Callable
 
@@ -48,6 +50,8 @@ def _check_image_pair(x, y, x_name: str = "x", y_name: str = "y") -> tuple[torch
     check_tensor(y_name, y)
     if x.ndim != 4:
         raise ValueError(f"{x_name} must have shape (B, C, H, W), got {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{x_name} must hold at least one image of at least one pixel, got shape {tuple(x.shape)}")
     if tuple(y.shape) != tuple(x.shape):
         raise ValueError(f"{y_name} must have the shape of {x_name}, {tuple(x.shape)}, got {tuple(y.shape)}")
     if y.device != x.device:
@@ -89,7 +93,8 @@ def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = IMAGE_DATA_RANGE)
     if data_range == 0.0:
         raise ValueError("data_range must be positive (max - min of the pixel scale), got 0.0")
     error = mse(x, y)
-    return 10.0 * torch.log10(data_range**2 / error)
+    # 20 log10(range) − 10 log10(mse): no underflow of range² for tiny ranges; mse = 0 gives +inf
+    return 20.0 * math.log10(data_range) - 10.0 * torch.log10(error)
 
 
 def gaussian_window(

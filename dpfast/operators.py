@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from dpfast.noise import MEASUREMENT_NOISE_STEP, counter_normal_ref, seed_tensor
+from dpfast.validation import check_tensor
 
 
 class Operator:
@@ -273,8 +274,9 @@ def measure(x: torch.Tensor, operator, sigma_n: float, seed: int | Sequence[int]
         sigma_n: noise standard deviation in the units of x (≥ 0).
         seed: an int (sample i gets ``seed + i``) or one seed per sample.
     """
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point torch.Tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    check_tensor("x", x)
+    if x.ndim < 1 or x.shape[0] < 1:
+        raise ValueError(f"x must have a leading batch dimension of size >= 1, got shape {tuple(x.shape)}")
     if isinstance(sigma_n, bool) or not isinstance(sigma_n, (int, float)) or not math.isfinite(sigma_n) or sigma_n < 0:
         raise ValueError(f"sigma_n must be a finite number >= 0, got {sigma_n!r}")
     operator = as_operator(operator) or Identity()

@@ -100,6 +100,29 @@ def test_bad_input_is_a_clean_error_and_writes_nothing(tmp_path, image_folder, c
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.parametrize("command", ["restore", "traverse"])
+def test_unwritable_output_is_a_clean_error_before_any_work(tmp_path, image_folder, checkpoint, command, capsys):
+    blocker = _write(tmp_path / "a-file", b"x")  # a file where a folder would have to be: root cannot write there either
+    out = blocker / "out" if command == "restore" else blocker / "grid.png"
+    source = image_folder if command == "restore" else image_folder / "img0.png"
+    options = ["--model", str(checkpoint), "--config", "builtin-fmnist", "--steps", STEPS, "--degrade", "--quiet"]
+    code = main([command, str(source), "-o", str(out), *options])
+    error = capsys.readouterr().err
+    assert code == 2, error
+    assert re.search(r"-o .*cannot be written: .*a-file' is a file", error), error
+    assert blocker.read_bytes() == b"x"
+
+
+def test_checkpoint_that_does_not_match_its_config_is_a_clean_error(tmp_path, image_folder, checkpoint, capsys):
+    out = tmp_path / "out"
+    code = main(["restore", str(image_folder), "-o", str(out), "--model", str(checkpoint), "--config",
+                 "adm-imagenet256-uncond", "--steps", STEPS, "--degrade", "--quiet"])
+    error = capsys.readouterr().err
+    assert code == 2, error
+    assert re.search(r"dpfast restore: error: .*(missing|unexpected|shape)", error), error
+    assert not out.exists()
+
+
 def test_image_seed_depends_on_name_and_base_seed_only():
     assert image_seed("a.png", 0) == image_seed("a.png", 0)
     assert image_seed("a.png", 0) != image_seed("b.png", 0) != image_seed("a.png", 1)

@@ -133,15 +133,21 @@ def load_diffusers(source: str | Path, device: str | torch.device | None = None)
             )
         scheduler_config = json.loads(scheduler_file.read_text())
     else:  # a hub id: the root layout (e.g. google/ddpm-cifar10-32) or unet/ + scheduler/
-        if "/" not in str(source):
-            raise ValueError(f"{str(source)!r} is neither a local directory nor a hub id (owner/name)")
+        if path.is_absolute() or str(source).startswith(".") or str(source).count("/") != 1:
+            raise FileNotFoundError(f"{str(source)!r} is neither an existing local directory nor a hub id (owner/name)")
         from diffusers import DDPMScheduler
 
         try:
-            unet = UNet2DModel.from_pretrained(str(source))
-            scheduler_config = dict(DDPMScheduler.load_config(str(source)))
-        except (OSError, EnvironmentError):
-            unet = UNet2DModel.from_pretrained(str(source), subfolder="unet")
-            scheduler_config = dict(DDPMScheduler.load_config(str(source), subfolder="scheduler"))
+            try:
+                unet = UNet2DModel.from_pretrained(str(source))
+                scheduler_config = dict(DDPMScheduler.load_config(str(source)))
+            except OSError:
+                unet = UNet2DModel.from_pretrained(str(source), subfolder="unet")
+                scheduler_config = dict(DDPMScheduler.load_config(str(source), subfolder="scheduler"))
+        except OSError as error:
+            raise FileNotFoundError(
+                f"{str(source)!r} is not a local directory and could not be loaded from the hub "
+                f"(offline, or no UNet2DModel there): {error}"
+            ) from error
     model = DiffusersScoreModel(unet, scheduler_config)
     return model.to(device) if device is not None else model
