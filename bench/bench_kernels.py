@@ -20,13 +20,13 @@ from __future__ import annotations
 import ctypes
 import datetime
 import os
-import platform
 
 import pytest
 from reporting import report_table
 import torch
 
 from dpfast import _extension
+from dpfast.benchmark import device_name
 from dpfast.kernels import available_backends, dps_update, dps_update_ref, reverse_step, reverse_step_ref
 from dpfast.noise import seed_tensor
 from dpfast.schedule import Schedule, coefficient_table_tensor
@@ -173,14 +173,7 @@ def test_kernel_throughput(benchmark, op, shape_name, dtype_name, provider):
 
 
 def _device_name() -> str:
-    if DEVICE == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), platform.processor())
-    except OSError:
-        model = platform.processor()
-    return f"{model}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, ISA {torch.backends.cpu.get_cpu_capability()}"
+    return device_name(DEVICE)
 
 
 def summary_table(results: list[dict], timer: str = "time.perf_counter") -> list[str]:

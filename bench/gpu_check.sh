@@ -7,7 +7,7 @@
 #   bash bench/gpu_check.sh            # PYTHON=... to pick the interpreter
 #
 # Sections: install, environment, CUDA kernel tests, compute-sanitizer (if available),
-# kernel benchmarks on CUDA. Add new sections with `section` + `record`.
+# kernel benchmarks on CUDA, sampler-mode tests and sampler benchmarks. Add new sections with `section` + `record`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
@@ -64,13 +64,23 @@ timed benchmarks env DPFAST_BENCH_DEVICE=cuda DPFAST_BENCH_TABLE="$OUT/kernels_c
   "$PYTHON" -m pytest bench/bench_kernels.py -q -p no:cacheprovider \
   --benchmark-columns=min,median,rounds --benchmark-json="$OUT/kernels_cuda.json"
 
+section "sampler modes on CUDA (eager vs compile vs cudagraph restorations, bf16 finite)"
+timed sampler_tests "$PYTHON" -m pytest tests/test_sampler_modes.py -q -rs -p no:cacheprovider
+
+section "sampler benchmarks on CUDA (FFHQ-256 ADM random weights b1/b8, Fashion-MNIST b64; naive loop; deepinv if installed)"
+timed sampler_bench env DPFAST_BENCH_DEVICE=cuda DPFAST_BENCH_TABLE="$OUT/sampler_cuda.md" \
+  "$PYTHON" -m pytest bench/bench_sampler.py -q -p no:cacheprovider \
+  --benchmark-columns=min,median,rounds --benchmark-json="$OUT/sampler_cuda.json"
+
 section "summary"
 printf '%-14s %-12s %8s\n' section status seconds
 for row in "${SUMMARY[@]}"; do
   IFS='|' read -r name status seconds <<<"$row"
   printf '%-14s %-12s %8s\n' "$name" "$status" "$seconds"
 done
-if [ -f "$OUT/kernels_cuda.md" ]; then
-  echo
-  cat "$OUT/kernels_cuda.md"
-fi
+for table in "$OUT/kernels_cuda.md" "$OUT/sampler_cuda.md"; do
+  if [ -f "$table" ]; then
+    echo
+    cat "$table"
+  fi
+done

@@ -1,4 +1,4 @@
-"""The ``dpfast`` command line: ``restore``, ``traverse``, ``demo`` and ``reproduce``.
+"""The ``dpfast`` command line: ``restore``, ``traverse``, ``demo``, ``bench`` and ``reproduce``.
 
 ``dpfast restore INPUT... -o OUT`` restores image files or whole folders; ``dpfast
 traverse IMAGE -o grid.png`` writes one image's distortion–perception strip. Each image's
@@ -237,7 +237,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpfast", description="Diffusion posterior sampling with a distortion–perception knob.")
-    commands = parser.add_subparsers(dest="command", metavar="{restore,traverse,demo,reproduce}")
+    commands = parser.add_subparsers(dest="command", metavar="{restore,traverse,demo,bench,reproduce}")
     restore = commands.add_parser("restore", help="restore image files or folders")
     restore.add_argument("inputs", nargs="+", help="PNG/JPEG/NPY files or folders of them")
     restore.add_argument("-o", "--output", required=True, help="output folder")
@@ -250,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     traverse.add_argument("--lams", default="0,0.25,0.5,0.75,1", help="comma-separated λ values")
     traverse.add_argument("-o", "--output", required=True, help="output PNG")
     _add_common(traverse)
-    commands.add_parser("demo", help="the λ knob on an exactly solvable problem", add_help=False)
+    commands.add_parser("demo", help="restore bundled Fashion-MNIST test images across λ (the built-in model)", add_help=False)
+    commands.add_parser("bench", help="restoration speed side by side: dpfast modes, a naive DPS loop, deepinv", add_help=False)
     commands.add_parser("reproduce", help="the paper's experiments: gmm_1d, gaussian, pinwheel, all", add_help=False)
     return parser
 
@@ -261,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         from dpfast.demo import main as demo_main
 
         return demo_main(argv[1:])
+    if argv and argv[0] == "bench":
+        from dpfast.benchmark import main as bench_main
+
+        return bench_main(argv[1:])
     if argv and argv[0] == "reproduce":
         from dpfast.experiments import main as reproduce_main
 

@@ -1,0 +1,1 @@
+"""Other people's samplers, driven with dpfast's networks, for side-by-side comparisons."""

@@ -1,0 +1,358 @@
+"""End-to-end restoration speed, side by side: `dpfast bench` and `bench/bench_sampler.py`.
+
+A *workload* is a network, an image shape, a batch and a step count; a *provider* is one
+way to run that restoration:
+
+- ``eager-fp32``, ``eager-bf16``, ``compile-fp32``, ``cudagraph-fp32`` and
+  ``cudagraph-bf16`` (CUDA): a prepared :class:`dpfast.Sampler` in that mode and network
+  precision;
+- ``naive-fp32``: a loop of :func:`dpfast.naive_dps.naive_dps_step`, the way the original
+  DPS code works (autograd graph through the whole step every step, separate
+  elementwise ops), same seeds, λ and schedule;
+- ``deepinv-fp64``, ``deepinv-fp32`` (needs ``pip install dpfast[bench]``): deepinv's
+  ``DPS`` sampler driving the same ε-network (wrapped as a deepinv denoiser) with the same
+  step count, in its default float64 state and in float32.
+
+Every timed round of a provider is paired with two references run right before it: the
+network's forward and VJP with respect to its input alone (the floor of a DPS step) and
+the eager-fp32 restoration. A shared machine's load drifts by more than the differences
+measured, so overhead and speedup only compare figures taken in the same rounds.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from dpfast.guidance import autograd_vjp
+from dpfast.models.base import ScoreModel
+from dpfast.naive_dps import naive_dps_step
+from dpfast.noise import INITIAL_NOISE_STEP, counter_normal_ref
+from dpfast.operators import GaussianBlur, measure
+from dpfast.sampler import Sampler
+
+LAM = 0.5
+ZETA = 1.0
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
+SAMPLER_PROVIDERS = ("eager-fp32", "eager-bf16", "compile-fp32", "cudagraph-fp32", "cudagraph-bf16")
+PROVIDERS = (*SAMPLER_PROVIDERS, "naive-fp32", "deepinv-fp64", "deepinv-fp32")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """``network``: ``"toy"`` (ToyConvScore, hidden 32), ``"adm-fmnist"`` (the built-in
+    architecture, random weights), ``"builtin"`` (the shipped weights) or ``"adm-ffhq256"``
+    (the FFHQ preset, random weights: speed does not depend on the weights)."""
+
+    network: str
+    image: tuple[int, int, int]
+    batch: int
+    steps: int
+    rounds: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.network}-{'x'.join(map(str, self.image))}-b{self.batch}"
+
+
+def build_model(network: str, image: tuple[int, int, int], device: torch.device | str) -> ScoreModel:
+    """The network a workload names, in eval mode on ``device``."""
+    if network == "toy":
+        from dpfast.models.toy import ToyConvScore
+
+        model = ToyConvScore(image, hidden=32)
+    elif network == "builtin":
+        from dpfast.models.loading import load_builtin
+
+        model = load_builtin()
+    elif network in ("adm-fmnist", "adm-ffhq256"):
+        from dpfast.models.adm import ADMScoreModel
+
+        torch.manual_seed(0)
+        model = ADMScoreModel("builtin-fmnist" if network == "adm-fmnist" else network)
+    else:
+        raise ValueError(f"network must be 'toy', 'builtin', 'adm-fmnist' or 'adm-ffhq256', got {network!r}")
+    if tuple(model.image_shape) != tuple(image):
+        raise ValueError(f"network {network!r} takes images {tuple(model.image_shape)}, the workload says {image}")
+    return model.to(device).eval()
+
+
+def benchmark_operator(image: tuple[int, int, int]) -> GaussianBlur:
+    """A 9-tap Gaussian blur (σ 1.5): valid for every workload's image, 32×32 included."""
+    return GaussianBlur(9, 1.5)
+
+
+def measurement(workload: Workload, operator, device) -> torch.Tensor:
+    clean = torch.rand(workload.batch, *workload.image, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    return measure(clean.to(device), operator, 0.05, seed=0)
+
+
+def synchronized(function: Callable, device: torch.device) -> Callable:
+    if torch.device(device).type != "cuda":
+        return function
+
+    def run():
+        out = function()
+        torch.cuda.synchronize()
+        return out
+
+    return run
+
+
+def network_call(model: ScoreModel, workload: Workload, dtype: torch.dtype, device) -> Callable:
+    """One forward and one VJP with respect to the input, as a DPS step needs them."""
+    x = torch.randn(workload.batch, *workload.image, generator=torch.Generator().manual_seed(1)).to(device)
+    t = torch.full((workload.batch,), 500, device=device)
+    device_type = torch.device(device).type
+    reduced = dtype not in (torch.float32, torch.float64)
+
+    def run():
+        with torch.autocast(device_type, dtype=dtype, enabled=reduced, cache_enabled=False):
+            output, vjp_fn = autograd_vjp(lambda x_in: model(x_in, t)[:, : x.shape[1]], x)
+        return vjp_fn(torch.ones_like(output))
+
+    return run
+
+
+def naive_restoration(sampler: Sampler, model, operator, y: torch.Tensor) -> Callable:
+    """The restoration as a loop of naive autograd DPS steps (same seeds, λ, schedule)."""
+    batch = sampler._prepare(y, [LAM] * y.shape[0], list(range(y.shape[0])))
+    learned = sampler.variance == "learned_range"
+
+    def run():
+        x = counter_normal_ref(batch.seed_words, INITIAL_NOISE_STEP, sampler.image_shape)
+        for k in range(sampler.steps - 1, -1, -1):
+            x = naive_dps_step(
+                model, operator, x, y, sampler.timesteps[k].expand(y.shape[0]), sampler.coefficients[k],
+                batch.noise_scale, batch.zeta[k], batch.seed_words, k, sampler.clip_denoised, learned,
+            )
+        return x
+
+    return run
+
+
+def restoration(workload: Workload, model, operator, y: torch.Tensor, provider: str) -> tuple[Callable, float | None]:
+    """A warmed-up restoration for ``provider`` and the compile/capture seconds it cost."""
+    if provider not in PROVIDERS:
+        raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}")
+    kind, precision = provider.rsplit("-", 1)
+    if kind == "deepinv":
+        from dpfast.baselines.deepinv_dps import deepinv_restoration
+
+        run = deepinv_restoration(model, operator, y, workload.steps, DTYPES[precision], weight=ZETA)
+        run()
+        return synchronized(run, y.device), None
+    mode = kind if kind in ("compile", "cudagraph") else "eager"
+    sampler = Sampler(model, operator, steps=workload.steps, zeta=ZETA, dtype=DTYPES[precision], mode=mode)
+    if kind == "naive":
+        run = naive_restoration(sampler, model, operator, y)
+        run()
+    else:
+        sampler.prepare(workload.batch)
+        run = lambda: sampler.restore(y, lam=LAM, seed=0)  # noqa: E731
+    return synchronized(run, y.device), sampler.last_compile_seconds or sampler.last_capture_seconds
+
+
+def provider_available(provider: str, device) -> str | None:
+    """None if ``provider`` can run here, else the reason it cannot."""
+    kind = provider.rsplit("-", 1)[0]
+    if kind == "cudagraph" and torch.device(device).type != "cuda":
+        return "CUDA graphs need a GPU"
+    if kind == "deepinv":
+        try:
+            import deepinv  # noqa: F401
+        except ImportError:
+            return "deepinv is not installed (pip install dpfast[bench])"
+    return None
+
+
+class PairedTimer:
+    """Times the references (network forward+VJP, eager-fp32) right before each round."""
+
+    def __init__(self, references: dict[str, Callable], timer: Callable[[], float] = time.perf_counter):
+        self.references = references
+        self.timer = timer
+        self.seconds: dict[str, list[float]] = {name: [] for name in references}
+
+    def __call__(self) -> None:
+        for name, function in self.references.items():
+            start = self.timer()
+            function()
+            self.seconds[name].append(self.timer() - start)
+
+    def reset(self) -> None:
+        for times in self.seconds.values():
+            times.clear()
+
+
+def paired_references(workload: Workload, model, operator, y, provider: str, device) -> dict[str, Callable]:
+    precision = provider.rsplit("-", 1)[1]
+    network_dtype = torch.float32 if precision == "fp64" else DTYPES[precision]
+    references = {"network": synchronized(network_call(model, workload, network_dtype, device), device)}
+    if provider != "eager-fp32":
+        references["eager-fp32"] = restoration(workload, model, operator, y, "eager-fp32")[0]
+    return references
+
+
+def result_row(workload: Workload, provider: str, seconds: Sequence[float], paired: PairedTimer,
+               compile_seconds: float | None, peak_bytes: int | None = None) -> dict:
+    fastest = min(seconds)
+    ordered = sorted(seconds)
+    network = min(paired.seconds["network"])
+    eager = min(paired.seconds["eager-fp32"]) if "eager-fp32" in paired.seconds else fastest
+    return dict(
+        workload=workload.name, steps=workload.steps, batch=workload.batch, provider=provider,
+        seconds=fastest, median=ordered[len(ordered) // 2], network=network, eager=eager,
+        compile_seconds=compile_seconds, peak_bytes=peak_bytes,
+    )
+
+
+def run_provider(workload: Workload, provider: str, device, model=None, log: Callable[[str], None] = print) -> dict:
+    """Time ``provider`` on ``workload`` (``rounds`` rounds, each paired with the references)."""
+    model = model if model is not None else build_model(workload.network, workload.image, device)
+    operator = benchmark_operator(workload.image)
+    y = measurement(workload, operator, device)
+    run, compile_seconds = restoration(workload, model, operator, y, provider)
+    paired = PairedTimer(paired_references(workload, model, operator, y, provider, device))
+    paired()  # warm-up, not counted
+    paired.reset()
+    seconds = []
+    peak = _reset_peak_memory(device)
+    for round_index in range(workload.rounds):
+        paired()
+        start = time.perf_counter()
+        run()
+        seconds.append(time.perf_counter() - start)
+        log(f"  {workload.name} {provider}: round {round_index + 1}/{workload.rounds} {seconds[-1]:.2f} s")
+    return result_row(workload, provider, seconds, paired, compile_seconds, _peak_memory(device, peak))
+
+
+def _reset_peak_memory(device) -> int | None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        return 0
+    return None
+
+
+def _peak_memory(device, started) -> int | None:
+    if started is None:
+        return None
+    return int(torch.cuda.max_memory_allocated())
+
+
+def device_name(device) -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), platform.processor())
+    except OSError:
+        model = platform.processor()
+    return f"{model}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, ISA {torch.backends.cpu.get_cpu_capability()}"
+
+
+def summary_table(rows: Sequence[dict], device, timer: str = "time.perf_counter") -> list[str]:
+    """Markdown rows per (workload, provider), from the fastest round (the least disturbed
+    one on a shared machine) with the median beside it."""
+    versions = f"torch {torch.__version__}"
+    try:
+        import deepinv
+
+        versions += f", deepinv {deepinv.__version__}"
+    except ImportError:
+        pass
+    lines = [
+        f"device: {torch.device(device).type} ({device_name(device)}); {versions}; timer {timer}; {datetime.date.today()}",
+        "",
+        "| workload | steps | provider | ms/step | median ms/step | images/s | network fwd+VJP ms | overhead | "
+        "speedup vs eager-fp32 | compile s | peak MiB |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        per_step = r["seconds"] / r["steps"]
+        compile_seconds = "-" if r["compile_seconds"] is None else f"{r['compile_seconds']:.0f}"
+        peak = "-" if r.get("peak_bytes") is None else f"{r['peak_bytes'] / 2**20:.0f}"
+        lines.append(
+            f"| {r['workload']} | {r['steps']} | {r['provider']} | {1e3 * per_step:.1f} | "
+            f"{1e3 * r['median'] / r['steps']:.1f} | {r['batch'] / r['seconds']:.2f} | "
+            f"{1e3 * r['network']:.1f} | {per_step / r['network'] - 1:+.0%} | {r['eager'] / r['seconds']:.2f}x | "
+            f"{compile_seconds} | {peak} |"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``dpfast bench``: time the providers side by side and print the table."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="dpfast bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--network", default=None, choices=["builtin", "adm-fmnist", "toy", "adm-ffhq256"],
+                        help="builtin (default when its weights are installed, else adm-fmnist: same network, random weights)")
+    parser.add_argument("--batch", default="1,16", help="comma-separated batch sizes (default 1,16)")
+    parser.add_argument("--steps", type=int, default=20, help="reverse steps per restoration (default 20; per-step cost is what is compared)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per provider; the fastest is reported (default 3)")
+    parser.add_argument("--providers", default=None,
+                        help=f"comma-separated, from {','.join(PROVIDERS)} (default: every one that can run here but compile)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when visible), cpu or cuda")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--out", default=None, help="also write the table (markdown) to this file")
+    parser.add_argument("--quiet", action="store_true", help="no per-round lines")
+    args = parser.parse_args(argv)
+    try:
+        return _bench(args)
+    except (ValueError, TypeError, OSError, RuntimeError) as error:
+        print(f"dpfast bench: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _bench(args) -> int:
+    from dpfast.models.loading import BUILTIN_ASSET
+    from dpfast.validation import check_positive_int
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch sees no CUDA device")
+    if args.threads is not None:
+        torch.set_num_threads(check_positive_int("--threads", args.threads))
+    steps = check_positive_int("--steps", args.steps)
+    rounds = check_positive_int("--rounds", args.rounds)
+    try:
+        batches = [check_positive_int("--batch", int(value)) for value in args.batch.split(",")]
+    except ValueError as error:
+        raise ValueError(f"--batch must be comma-separated positive ints, got {args.batch!r} ({error})") from error
+    network = args.network or ("builtin" if BUILTIN_ASSET.is_file() else "adm-fmnist")
+    image = (3, 256, 256) if network == "adm-ffhq256" else (1, 32, 32)
+    if args.providers is None:
+        providers = [p for p in PROVIDERS if p != "compile-fp32" and provider_available(p, device) is None]
+        if device.type == "cpu":
+            providers.remove("eager-bf16")  # 6-34x slower than fp32 without AVX-512-bf16 (docs/BENCHMARKS.md)
+    else:
+        providers = [p.strip() for p in args.providers.split(",")]
+        for provider in providers:
+            if provider not in PROVIDERS:
+                raise ValueError(f"--providers: {provider!r} is not one of {','.join(PROVIDERS)}")
+            reason = provider_available(provider, device)
+            if reason:
+                raise ValueError(f"--providers: {provider} cannot run here: {reason}")
+    log = (lambda message: None) if args.quiet else (lambda message: print(message, flush=True))
+    model = build_model(network, image, device)
+    rows = []
+    for batch in batches:
+        workload = Workload(network, image, batch, steps, rounds)
+        for provider in providers:
+            log(f"{workload.name} {provider} ...")
+            rows.append(run_provider(workload, provider, device, model=model, log=log))
+    lines = summary_table(rows, device)
+    print("\n".join(["", *lines]))
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).write_text("\n".join(lines) + "\n")
+    return 0

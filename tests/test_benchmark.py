@@ -1,0 +1,79 @@
+"""`dpfast bench` and the deepinv baseline's wrapper (speed itself is measured in bench/, not here)."""
+import re
+
+import pytest
+import torch
+
+from dpfast.benchmark import PROVIDERS, Workload, benchmark_operator, main, measurement, restoration, run_provider
+from dpfast.models.toy import ToyConvScore
+
+
+def test_bench_prints_one_row_per_batch_and_provider(tmp_path, capsys):
+    table = tmp_path / "table.md"
+    code = main(["--network", "toy", "--batch", "1,2", "--steps", "2", "--rounds", "1", "--providers",
+                 "eager-fp32,naive-fp32", "--device", "cpu", "--quiet", "--out", str(table)])
+    out = capsys.readouterr().out
+    assert code == 0
+    rows = [line for line in out.splitlines() if line.startswith("| toy-")]
+    assert [row.split("|")[3].strip() for row in rows] == ["eager-fp32", "naive-fp32"] * 2
+    assert table.read_text().count("| toy-") == 4
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--providers", "fast"], r"--providers: 'fast' is not one of"),
+        (["--providers", "cudagraph-fp32", "--device", "cpu"], "cudagraph-fp32 cannot run here: CUDA graphs need a GPU"),
+        (["--batch", "0"], r"--batch must be comma-separated positive ints"),
+        (["--steps", "0"], r"--steps must lie in \[1, inf\], got 0"),
+    ],
+)
+def test_bench_rejects_bad_arguments(argv, message, capsys):
+    assert main(["--network", "toy", "--quiet", *argv]) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_naive_loop_restores_what_the_sampler_restores():
+    """The baseline does the same work: same seeds, λ, schedule → the same restoration."""
+    torch.manual_seed(0)
+    model = ToyConvScore((1, 8, 8), hidden=8).eval()
+    workload = Workload("toy", (1, 8, 8), batch=3, steps=5, rounds=1)
+    operator = benchmark_operator(workload.image)
+    y = measurement(workload, operator, "cpu")
+    eager = restoration(workload, model, operator, y, "eager-fp32")[0]()
+    naive = restoration(workload, model, operator, y, "naive-fp32")[0]()
+    torch.testing.assert_close(naive, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_deepinv_denoiser_returns_the_networks_x0_estimate():
+    pytest.importorskip("deepinv")
+    from dpfast.baselines.deepinv_dps import epsilon_denoiser
+
+    torch.manual_seed(0)
+    model = ToyConvScore((1, 8, 8), hidden=8).eval()
+    denoiser = epsilon_denoiser(model)
+    t = 300
+    alpha_bar = float(model.schedule.alphas_cumprod[t])
+    x_t = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        eps = model(x_t, torch.full((2,), t))
+        expected = (x_t - (1 - alpha_bar) ** 0.5 * eps) / alpha_bar**0.5
+        # deepinv's view of the same state: x = x0 + σ n in [0, 1] units, σ = ½ √((1 − ᾱ)/ᾱ)
+        sigma = 0.5 * ((1 - alpha_bar) / alpha_bar) ** 0.5
+        x_deepinv = (x_t / alpha_bar**0.5 + 1) / 2
+        x0 = denoiser(x_deepinv, torch.tensor([sigma]))
+    torch.testing.assert_close(2 * x0 - 1, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_deepinv_provider_runs_and_is_finite():
+    pytest.importorskip("deepinv")
+    workload = Workload("toy", (1, 8, 8), batch=2, steps=3, rounds=1)
+    torch.manual_seed(0)
+    model = ToyConvScore((1, 8, 8), hidden=8).eval()
+    operator = benchmark_operator(workload.image)
+    y = measurement(workload, operator, "cpu")
+    restored = restoration(workload, model, operator, y, "deepinv-fp64")[0]()
+    assert restored.shape == (2, 1, 8, 8) and restored.dtype == torch.float64 and torch.isfinite(restored).all()
+    row = run_provider(workload, "deepinv-fp32", "cpu", model=model, log=lambda message: None)
+    assert row["provider"] == "deepinv-fp32" and row["seconds"] > 0
+    assert set(PROVIDERS) >= {"deepinv-fp64", "deepinv-fp32", "naive-fp32", "cudagraph-bf16"}
