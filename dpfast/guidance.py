@@ -38,6 +38,41 @@ def _per_step(values, steps: int, where: str) -> np.ndarray:
     return values
 
 
+def beta_scaled_zeta(scale, schedule, steps: int) -> Callable[[float], np.ndarray]:
+    """A per-step ζ that follows the likelihood term of the exact conditional reverse step.
+
+    With the exact conditional score, the likelihood's gradient enters the reverse mean
+    with the weight β'_k / √α'_k of the (respaced) chain; DPS's step ζ ∇‖r‖ is that
+    gradient divided by ‖r‖/σ_n². So ``ζ_k = c · β'_k / √(1 − β'_k)`` with
+    ``c ≈ ‖r‖/σ_n² ≈ √m / σ_n`` (m values per measurement) matches it in size: strong early,
+    weak late, where a constant ζ is the reverse. ``scale``: c as a number or a mapping
+    λ → c (interpolated): the deterministic λ = 0 end needs a larger c than λ = 1
+    (docs/RESULTS.md, "Images"). ``schedule``: the model's :class:`~dpfast.schedule.Schedule`;
+    ``steps``: the sampler's step count.
+
+    Returns a callable of λ giving the per-step sequence (execution order) that
+    :class:`~dpfast.Sampler` takes as ``zeta``.
+
+    Example:
+        >>> from dpfast.schedule import Schedule
+        >>> zeta = beta_scaled_zeta({0.0: 640.0, 1.0: 160.0}, Schedule.linear(), steps=100)
+        >>> zeta(1.0).shape
+        (100,)
+    """
+    chain = schedule.respace(steps)
+    per_step = (chain.betas / np.sqrt(1.0 - chain.betas))[::-1].copy()  # execution order: noisiest first
+    if isinstance(scale, Mapping):
+        _interpolate_mapping(scale, float(min(scale)))  # fail early on bad values
+    else:
+        _check_zeta_value(scale, "scale")
+
+    def zeta(lam: float) -> np.ndarray:
+        factor = _interpolate_mapping(scale, lam) if isinstance(scale, Mapping) else float(scale)
+        return factor * per_step
+
+    return zeta
+
+
 def zeta_table(zeta, lams: Sequence[float], steps: int) -> np.ndarray:
     """Resolve ``zeta`` to a float64 table ``(steps, B)`` indexed by table row k.
 
@@ -59,7 +94,7 @@ def zeta_table(zeta, lams: Sequence[float], steps: int) -> np.ndarray:
         else:
             column = np.full(steps, _check_zeta_value(value, f"for lam={lam}"))
         columns.append(column)
-    return np.stack(columns, axis=1)
+    return np.stack(columns, axis=1) if columns else np.zeros((steps, 0))
 
 
 def autograd_vjp(function: Callable, primal: torch.Tensor, has_aux: bool = False):

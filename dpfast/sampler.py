@@ -530,7 +530,7 @@ def seed_list(seed, batch: int) -> list[int]:
 def _probe_lams(zeta) -> list[float]:
     if isinstance(zeta, Mapping):
         return [float(key) for key in zeta]
-    return [] if callable(zeta) else [0.0]
+    return [0.0, 1.0] if callable(zeta) else [0.0]  # a callable of λ must answer on all of [0, 1]
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:

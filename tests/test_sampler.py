@@ -2,6 +2,7 @@ import gc
 import math
 import weakref
 
+import numpy as np
 import pytest
 import torch
 
@@ -283,3 +284,32 @@ def test_unknown_or_unavailable_backend_is_rejected():
         Sampler(ToyConvScore(IMAGE), Identity(), steps=2, backend="metal")
     with pytest.raises(RuntimeError, match="backend='cuda' cannot run on cpu tensors"):
         Sampler(ToyConvScore(IMAGE), Identity(), steps=2, backend="cuda")
+
+
+def test_beta_scaled_zeta_follows_the_chain_and_interpolates_its_scale():
+    from dpfast.guidance import beta_scaled_zeta, zeta_table
+    from dpfast.schedule import Schedule
+
+    schedule = Schedule.linear()
+    chain = schedule.respace(20)
+    zeta = beta_scaled_zeta({0.0: 400.0, 1.0: 100.0}, schedule, steps=20)
+    expected_row_order = 100.0 * chain.betas / np.sqrt(1.0 - chain.betas)
+    np.testing.assert_allclose(zeta(1.0)[::-1], expected_row_order)
+    np.testing.assert_allclose(zeta(0.5), 2.5 * zeta(1.0))
+    assert zeta(1.0)[0] > zeta(1.0)[-1]  # execution order: the noisiest (largest β') step first
+    table = zeta_table(zeta, [0.0, 1.0], 20)  # what the sampler builds: (rows, batch)
+    np.testing.assert_allclose(table[:, 1], expected_row_order)
+    with pytest.raises(ValueError, match="zeta mapping covers lam in"):
+        zeta(1.5)
+    with pytest.raises(ValueError, match="must be finite and >= 0"):
+        beta_scaled_zeta(-1.0, schedule, 20)
+
+
+def test_a_callable_zeta_is_checked_at_construction_and_used_per_lam():
+    prior = dp.models.GaussianScore(torch.zeros(3), torch.eye(3))
+    by_callable = dp.Sampler(prior, None, steps=5, zeta=lambda lam: 0.2 + lam)
+    by_mapping = dp.Sampler(prior, None, steps=5, zeta={0.0: 0.2, 1.0: 1.2})
+    y = torch.ones(2, 3)
+    torch.testing.assert_close(by_callable.traverse(y, [0.0, 0.5]), by_mapping.traverse(y, [0.0, 0.5]))
+    with pytest.raises(ValueError, match="must be finite and >= 0"):
+        dp.Sampler(prior, None, steps=5, zeta=lambda lam: 1.0 - 2.0 * lam)  # negative at λ = 1
