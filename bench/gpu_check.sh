@@ -72,6 +72,28 @@ timed sampler_bench env DPFAST_BENCH_DEVICE=cuda DPFAST_BENCH_TABLE="$OUT/sample
   "$PYTHON" -m pytest bench/bench_sampler.py -q -p no:cacheprovider \
   --benchmark-columns=min,median,rounds --benchmark-json="$OUT/sampler_cuda.json"
 
+section "train the built-in model on the GPU (DPFAST_GPU_TRAIN_SECONDS, default 240; 0 skips)"
+# The GPU machine has no dataset package: copy the four Fashion-MNIST .gz files into
+# .data/fashion-mnist/ (git-ignored) and carry that folder with the run. The run stops
+# after the time limit (SIGTERM: the trainer checkpoints and exits) and its EMA weights come
+# back as $OUT/builtin_fmnist.safetensors, to compare with the shipped ones.
+TRAIN_SECONDS=${DPFAST_GPU_TRAIN_SECONDS:-240}
+export DPFAST_FASHION_MNIST_DIR=${DPFAST_FASHION_MNIST_DIR:-.data/fashion-mnist}
+if [ "$TRAIN_SECONDS" -gt 0 ] && [ -f "$DPFAST_FASHION_MNIST_DIR/train-images-idx3-ubyte.gz" ]; then
+  start=$SECONDS
+  timeout -s TERM "$TRAIN_SECONDS" "$PYTHON" -m dpfast.train --out "$OUT/builtin_run" --steps 30000 --batch 128 \
+    --device cuda --precision auto --checkpoint-minutes 1 --log-every 200 >"$OUT/train.log" 2>&1
+  tail -n 3 "$OUT/train.log"
+  if "$PYTHON" -m dpfast.train --out "$OUT/builtin_run" --export "$OUT/builtin_fmnist.safetensors"; then
+    record train "pass ($(tail -n 1 "$OUT/builtin_run/log.csv" | cut -d, -f1) steps)" "$((SECONDS - start))"
+  else
+    record train FAIL "$((SECONDS - start))"
+  fi
+else
+  echo "skipped (DPFAST_GPU_TRAIN_SECONDS=$TRAIN_SECONDS, data in $DPFAST_FASHION_MNIST_DIR)"
+  record train skipped 0
+fi
+
 section "summary"
 printf '%-14s %-12s %8s\n' section status seconds
 for row in "${SUMMARY[@]}"; do

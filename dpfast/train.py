@@ -27,6 +27,8 @@ import csv
 import dataclasses
 import json
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,11 +271,12 @@ def _train(config: TrainConfig, images: torch.Tensor | None, model_config: ADMCo
     last_checkpoint = interval_start = started
     interval_loss = torch.zeros((), dtype=torch.float64, device=device)
     interval_steps = 0
-    with open(log_path, "a", newline="") as log_file:
+    stop = _StopRequest()
+    with open(log_path, "a", newline="") as log_file, stop:
         log = csv.writer(log_file)
         if new_log:
             log.writerow(LOG_COLUMNS)
-        while step < config.steps:
+        while step < config.steps and not stop.requested:
             x0 = images[batch_indices(step, config.batch, images.shape[0], config.seed)]
             if config.flip:
                 flipped = torch.rand(config.batch, generator=generator) < 0.5
@@ -324,8 +327,40 @@ def _train(config: TrainConfig, images: torch.Tensor | None, model_config: ADMCo
                 interval_start += last_checkpoint - now  # keep checkpoint time out of the throughput
     write_checkpoint()
     summary["step"] = step
-    print(f"saved {checkpoint_path} at step {step}", flush=True)
+    why = f" (stopped by signal {stop.signal_name})" if stop.requested else ""
+    print(f"saved {checkpoint_path} at step {step}{why}", flush=True)
     return summary
+
+
+class _StopRequest:
+    """SIGTERM/SIGINT during training: finish the current step, checkpoint, return.
+
+    A killed or time-limited run (``timeout``, a scheduler, Ctrl-C) then loses nothing
+    but the step in flight. Handlers are installed only in the main thread and restored
+    on exit.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.requested = False
+        self.signal_name = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False
 
 
 def _truncate_log(path: Path, step: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,3 +136,31 @@ def test_real_fashion_mnist_splits_when_installed():
     assert images.shape == (10000, 1, 32, 32) and labels.shape == (10000,)
     assert images.min() == -1 and images.max() == 1
     assert labels[:3].tolist() == [9, 2, 1] and set(labels.tolist()) == set(range(10))
+
+
+def test_sigterm_stops_after_the_step_in_flight_and_checkpoints_it(tmp_path):
+    """A time-limited run (timeout, a scheduler) keeps every finished step."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import os, signal, torch
+        from tests.test_train import TINY_CONFIG, synthetic_images, tiny_run
+        from dpfast.train import train, update_ema
+        import dpfast.train as module
+        calls = []
+        def update_then_signal(*args):
+            update_ema(*args)
+            calls.append(1)
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+        module.update_ema = update_then_signal
+        summary = train(tiny_run({str(tmp_path / 'run')!r}, 50), images=synthetic_images(), model_config=TINY_CONFIG)
+        print("STEP", summary["step"])
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=str(Path(__file__).resolve().parent.parent))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "STEP 3" in done.stdout and "stopped by signal SIGTERM" in done.stdout
+    assert load_checkpoint(tmp_path / "run")["step"] == 3
