@@ -108,6 +108,25 @@ def load_fashion_mnist(
         raise ValueError(f"unexpected Fashion-MNIST shapes: images {pixels.shape}, labels {labels.shape}")
     if limit is not None:
         pixels, labels = pixels[:limit], labels[:limit]
+    return pixels_to_images(pixels), torch.from_numpy(labels.astype(np.int64))
+
+
+def pixels_to_images(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 ``(N, 28, 28)`` Fashion-MNIST pixels → float32 ``(N, 1, 32, 32)`` in [-1, 1], padded with -1."""
+    if pixels.ndim != 3 or pixels.shape[1:] != (28, 28) or pixels.dtype != np.uint8:
+        raise ValueError(f"pixels must be uint8 (N, 28, 28), got {pixels.dtype} {pixels.shape}")
     images = pixels.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
     images = np.pad(images, ((0, 0), (PADDING, PADDING), (PADDING, PADDING)), constant_values=-1.0)
-    return torch.from_numpy(np.ascontiguousarray(images[:, None])), torch.from_numpy(labels.astype(np.int64))
+    return torch.from_numpy(np.ascontiguousarray(images[:, None]))
+
+
+DEMO_IMAGES = Path(__file__).resolve().parent / "assets" / "demo_images.npz"
+
+
+def load_demo_images() -> tuple[torch.Tensor, list[str]]:
+    """The eight bundled Fashion-MNIST *test* images (dpfast/assets/README.md) and their class names.
+
+    Needs no dataset install: ``make demo`` runs on them.
+    """
+    with np.load(DEMO_IMAGES) as bundle:
+        return pixels_to_images(bundle["images"]), [str(name) for name in bundle["class_names"]]

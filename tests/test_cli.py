@@ -136,3 +136,12 @@ def test_reproduce_is_wired_to_the_experiments(capsys):
         main(["reproduce", "--help"])
     assert exit_info.value.code == 0
     assert "gmm_1d" in capsys.readouterr().out
+
+
+def test_restore_with_the_builtin_model(tmp_path, image_folder):
+    out = tmp_path / "out"
+    code = main(["restore", str(image_folder), "-o", str(out), "--model", "builtin", "--steps", STEPS, "--degrade",
+                 "--task", "denoise", "--sigma-n", "0.2", "--quiet", "--batch", "4"])
+    assert code == 0
+    images = [np.asarray(Image.open(path)) for path in sorted(out.iterdir())]
+    assert len(images) == 4 and all(image.shape == (32, 32) for image in images)

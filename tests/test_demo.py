@@ -1,10 +1,43 @@
-from dpfast.demo import run_demo
+"""`make demo` on a few of the bundled test images with few steps, and the ζ search it documents."""
+import numpy as np
+import pytest
+import torch
+
+from dpfast.demo import DEMO_TASKS, run_demo
+from dpfast.experiments.image_tasks import ImageTask, dp_rows, search_zeta
+from dpfast.models.toy import ToyConvScore
 
 
+@pytest.mark.xfail(strict=True, reason="not met with the shipped weights (2252 training steps): λ = 1 has both the "
+                   "lower MSE and the lower FD on every task (docs/MODEL_CARD.md, 'Demo'); issue #4 stays open")
 def test_demo_moves_along_the_dp_tradeoff(tmp_path):
-    """2 000 samples, 60 steps, fixed seeds: MSE rises and W2 falls from λ = 0 to λ = 1."""
-    rows = run_demo(tmp_path, samples=2_000, steps=60)
-    by_lam = {row["lam"]: row for row in rows}
-    assert by_lam[0.0]["exact_mse"] < by_lam[0.5]["exact_mse"] < by_lam[1.0]["exact_mse"]
-    assert by_lam[0.0]["exact_w2"] > by_lam[0.5]["exact_w2"] > by_lam[1.0]["exact_w2"]
-    assert (tmp_path / "demo.png").stat().st_size > 10_000
+    """4 images, 40 steps, seed 0: averaged over the three tasks, MSE rises and FD falls from λ = 0 to λ = 1."""
+    lams = (0.0, 0.5, 1.0)
+    results = run_demo(tmp_path, steps=40, images=4, lams=lams, progress=False)
+    assert list(results) == [task.name for task in DEMO_TASKS]
+    mse = np.mean([[row["mse"] for row in rows] for rows in results.values()], axis=0)
+    fd = np.mean([[row["fd"] for row in rows] for rows in results.values()], axis=0)
+    assert mse[0] < mse[-1], dict(mse=mse.round(4).tolist(), fd=fd.round(1).tolist())
+    assert fd[-1] < fd[0], dict(mse=mse.round(4).tolist(), fd=fd.round(1).tolist())
+    assert (tmp_path / "grid.png").stat().st_size > 5_000 and (tmp_path / "dp_curve.png").stat().st_size > 5_000
+
+
+def test_demo_rejects_an_image_count_it_does_not_have(tmp_path):
+    with pytest.raises(ValueError, match="images must be between 2 and 8"):
+        run_demo(tmp_path, images=9)
+
+
+def test_zeta_search_picks_the_lowest_mse_per_lam():
+    torch.manual_seed(0)
+    model = ToyConvScore((1, 32, 32), hidden=8).eval()
+    images = torch.rand(2, 1, 32, 32) * 2 - 1
+    lines = []
+    chosen = search_zeta(model, ImageTask("denoise", 0.1, 1.0), images, [0.0, 1.0], [0.1, 1.0], steps=3, log=lines.append)
+    assert set(chosen) == {0.0, 1.0} and set(chosen.values()) <= {0.1, 1.0}
+    assert len(lines) == 2 and "c=0.1" in lines[0]
+
+
+def test_dp_rows_check_the_shapes():
+    truth = torch.zeros(3, 1, 32, 32)
+    with pytest.raises(ValueError, match=r"restorations must have shape \(2, \*\(3, 1, 32, 32\)\)"):
+        dp_rows(truth, torch.zeros(3, 3, 1, 32, 32), [0.0, 1.0])

@@ -11,6 +11,11 @@ and a JSON of its numbers into ``out_dir``, and returns the numbers.
                the theoretical curve D(P) = tr S + (√tr S − P)²
 ``pinwheel``   2-D pinwheel data, a small MLP ε-model, DPS: λ sweep against
                averaging N posterior samples and a DDIM-η sweep
+``images``     held-out Fashion-MNIST test images, the built-in model: denoising,
+               deblurring, ×4 SR; λ sweep (ζ per λ searched on training images)
+               against averaging N DPS samples and DDIM-η; MSE/PSNR/SSIM/FD. The
+               full size (256 images, 100 steps) is GPU work — about a day on a
+               2-core CPU; ``--quick`` is the tests' 4-image version
 =============  =====================================================================
 """
 from __future__ import annotations
@@ -24,6 +29,7 @@ EXPERIMENTS = {
     "gmm_1d": "dpfast.experiments.gmm_1d",
     "gaussian": "dpfast.experiments.gaussian",
     "pinwheel": "dpfast.experiments.pinwheel",
+    "images": "dpfast.experiments.images",
 }
 
 

@@ -1,0 +1,157 @@
+"""Images: the λ knob on held-out Fashion-MNIST test images with the built-in model.
+
+Tasks: denoising with σ_n ∈ {0.1, 0.3, 0.5}, Gaussian blur 61/3.0 and ×4 bicubic
+super-resolution with σ_n = 0.05. Per task:
+
+1. the DPS step size: β-scaled (:func:`~dpfast.guidance.beta_scaled_zeta`), its scale c
+   per λ found by a small search on Fashion-MNIST *training* images
+   (:func:`~dpfast.experiments.image_tasks.search_zeta`: the lowest MSE at each λ over
+   multiples of the task's natural scale √m/σ_n), so the held-out images choose nothing;
+2. the λ sweep on the test images in one batched traversal per task;
+3. baselines with the same network, guidance and step count: the mean of N λ = 1 (DPS)
+   samples, the PSCGAN-N way of moving toward the MMSE end, and DDIM-η with the same DPS
+   correction (:func:`~dpfast.experiments.pinwheel.ddim_dps_sample`; it takes one constant
+   ζ, set to the mean over steps of the λ = 1 β-scaled schedule);
+4. per point: MSE, PSNR, SSIM against the truth and FD (the shipped feature network)
+   between the restored and the clean test set.
+
+``FULL`` (256 test images, 100 steps) is sized for a GPU: on a 2-core CPU it takes on
+the order of a day. ``MEDIUM`` (32 images, 50 steps) fits a CPU session; ``QUICK`` is the
+tests' version. Outputs: ``images.json`` and ``images_dp_curve.png`` (MSE against FD per
+task, with the baselines).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from dpfast.experiments import common
+from dpfast.experiments.image_tasks import ImageTask, dp_rows, search_zeta, traverse_task
+from dpfast.experiments.pinwheel import ddim_dps_sample
+from dpfast.guidance import beta_scaled_zeta
+
+NAME = "images"
+TASKS = (
+    ImageTask("denoise", 0.1, 1.0),
+    ImageTask("denoise", 0.3, 1.0),
+    ImageTask("denoise", 0.5, 1.0),
+    ImageTask("deblur", 0.05, 1.0),
+    ImageTask("sr4", 0.05, 1.0),
+)
+TEST_SEED, SEARCH_SEED, AVERAGE_SEED = 0, 100, 10_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    images: int  # held-out test images (the first ones of the test split)
+    steps: int
+    lams: tuple[float, ...]
+    zeta_factors: tuple[float, ...]  # the search grid of c, in units of the task's natural scale √m/σ_n
+    search_images: int  # training images for the ζ search
+    average_counts: tuple[int, ...]  # N of the averaging baseline
+    etas: tuple[float, ...]
+    tasks: tuple[ImageTask, ...] = TASKS
+
+
+FULL = Settings(images=256, steps=100, lams=(0.0, 0.25, 0.5, 0.75, 1.0), zeta_factors=(0.5, 1.0, 2.0, 4.0, 8.0),
+                search_images=16, average_counts=(1, 2, 4, 8), etas=(0.0, 0.5, 1.0))
+MEDIUM = replace(FULL, images=32, steps=50, search_images=8)
+QUICK = Settings(images=4, steps=8, lams=(0.0, 1.0), zeta_factors=(1.0, 4.0), search_images=2, average_counts=(1, 2),
+                 etas=(0.0,), tasks=(TASKS[0],))
+
+
+def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Settings | None = None) -> dict:
+    """Run every task's λ sweep and baselines; write ``images.json`` and the DP figure; return the numbers.
+
+    ``settings`` overrides ``quick`` (``FULL``, ``MEDIUM`` or your own); ``model`` defaults
+    to the built-in model.
+    """
+    from dpfast.data import load_fashion_mnist
+
+    started = time.perf_counter()
+    settings = settings or (QUICK if quick else FULL)
+    if model is None:
+        from dpfast.models.loading import load_builtin
+
+        model = load_builtin()
+    test, _ = load_fashion_mnist("test", limit=settings.images)
+    train, _ = load_fashion_mnist("train", limit=settings.search_images)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress = common.Progress(NAME, len(settings.tasks) * 4)
+    results = {"tasks": {}, "settings": _settings_dict(settings)}
+    for task in settings.tasks:
+        results["tasks"][task.name] = _run_task(model, task, test, train, settings, seed, progress)
+    _plot(results, out_dir / f"{NAME}_dp_curve.png")
+    results["figures"] = [f"{NAME}_dp_curve.png"]
+    results["meta"] = common.run_metadata(NAME, quick, seed, started)
+    common.write_json(out_dir / f"{NAME}.json", results)
+    for name, task_results in results["tasks"].items():
+        rows = [(f"λ = {row['lam']:g} (c {row['zeta']:g})", row) for row in task_results["lam_sweep"]]
+        rows += [(f"mean of {row['samples']} DPS samples", row) for row in task_results["averaging"]]
+        rows += [(f"DDIM η = {row['eta']:g}", row) for row in task_results["ddim"]]
+        common.print_table(f"{name}: {settings.images} test images, {settings.steps} steps", ("method", "MSE", "PSNR", "SSIM", "FD"),
+                           [(label, row["mse"], row["psnr"], row["ssim"], row["fd"]) for label, row in rows])
+    return results
+
+
+def _run_task(model, task: ImageTask, test, train, settings: Settings, seed: int, progress) -> dict:
+    natural = task.natural_scale(model.image_shape)
+    grid = [factor * natural for factor in settings.zeta_factors]
+    zeta_of_lam = search_zeta(model, task, train, settings.lams, grid, settings.steps,
+                              seed=seed + SEARCH_SEED, log=lambda line: None)
+    progress.step(f"{task.name}: search of c on {train.shape[0]} training images -> {zeta_of_lam}")
+    tuned = replace(task, zeta=zeta_of_lam)
+    y = tuned.measure(test, seed=seed + TEST_SEED)
+    restored = traverse_task(model, tuned, y, settings.lams, settings.steps, seed=seed)
+    lam_sweep = [dict(row, zeta=zeta_of_lam[row["lam"]]) for row in dp_rows(test, restored, settings.lams)]
+    progress.step(f"{task.name}: λ sweep")
+    zeta_one = zeta_of_lam[max(settings.lams)]
+    draws = [restored[-1]] if max(settings.lams) == 1.0 else []
+    while len(draws) < max(settings.average_counts):
+        draws.append(traverse_task(model, replace(task, zeta=zeta_one), y, [1.0], settings.steps,
+                                   seed=seed + AVERAGE_SEED * len(draws))[0])
+    means = torch.stack([torch.stack(draws[:count]).mean(0) for count in settings.average_counts])
+    averaging = [dict(row, samples=count) for row, count in
+                 zip(dp_rows(test, means, settings.average_counts), settings.average_counts)]
+    progress.step(f"{task.name}: averaging baseline")
+    seeds = [seed + index for index in range(test.shape[0])]
+    ddim_zeta = zeta_of_lam[max(settings.lams)] * float(beta_scaled_zeta(1.0, model.schedule, settings.steps)(1.0).mean())
+    ddim = torch.stack([ddim_dps_sample(model, task.operator(), y, eta, ddim_zeta, settings.steps, seeds)
+                        for eta in settings.etas])
+    ddim_rows = [dict(row, eta=eta) for row, eta in zip(dp_rows(test, ddim, settings.etas), settings.etas)]
+    progress.step(f"{task.name}: DDIM-η baseline")
+    return {"zeta": {str(lam): zeta for lam, zeta in zeta_of_lam.items()}, "lam_sweep": lam_sweep,
+            "averaging": averaging, "ddim": ddim_rows}
+
+
+def _settings_dict(settings: Settings) -> dict:
+    values = asdict(settings)
+    values["tasks"] = [task.name for task in settings.tasks]
+    return values
+
+
+SERIES = (("lam_sweep", "lam", "λ sweep (c tuned per λ)", "o-"), ("averaging", "samples", "mean of N DPS samples", "s-"),
+          ("ddim", "eta", "DDIM-η, constant ζ", "^-"))
+
+
+def _plot(results: dict, path: Path) -> Path:
+    plt = common.pyplot()
+    tasks = results["tasks"]
+    figure, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), squeeze=False)
+    for axis, (name, task_results) in zip(axes[0], tasks.items()):
+        for key, knob, label, style in SERIES:
+            rows = task_results[key]
+            axis.plot([row["mse"] for row in rows], [row["fd"] for row in rows], style, ms=4, lw=1, label=label)
+            for row in rows:
+                axis.annotate(f"{row[knob]:g}", (row["mse"], row["fd"]), fontsize=6, xytext=(3, 3),
+                              textcoords="offset points")
+        axis.set_title(name, fontsize=9)
+        axis.set_xlabel("MSE")
+        axis.set_ylabel("FD to the clean test set")
+    axes[0][0].legend(fontsize=6)
+    figure.tight_layout()
+    return common.save_figure(figure, path)
