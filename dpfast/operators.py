@@ -284,4 +284,10 @@ def measure(x: torch.Tensor, operator, sigma_n: float, seed: int | Sequence[int]
         clean = operator(x)
         words = seed_tensor(seed, x.shape[0], device=x.device)
         noise = counter_normal_ref(words, MEASUREMENT_NOISE_STEP, clean.shape[1:])
-    return clean + float(sigma_n) * noise.to(clean.dtype)
+    y = clean + float(sigma_n) * noise.to(clean.dtype)
+    if not torch.isfinite(y).all():
+        raise ValueError(
+            f"y = A(x) + sigma_n * n is not finite in {clean.dtype} (sigma_n={sigma_n!r}, or A(x) overflowed); "
+            "expected values that fit the dtype"
+        )
+    return y

@@ -19,7 +19,8 @@ from dpfast.models import GaussianScore
 from dpfast.operators import GaussianBlur, Inpainting, SuperResolution
 
 CLEAN_ERRORS = (ValueError, TypeError)
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: the same 150 examples every run, so CI is reproducible (set it False locally to explore further)
+FUZZ = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 DIM = 3
 MODEL = GaussianScore(torch.zeros(DIM), torch.eye(DIM))
