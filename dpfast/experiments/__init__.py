@@ -16,6 +16,9 @@ and a JSON of its numbers into ``out_dir``, and returns the numbers.
                against averaging N DPS samples and DDIM-η; MSE/PSNR/SSIM/FD. The
                full size (256 images, 100 steps) is GPU work — about a day on a
                2-core CPU; ``--quick`` is the tests' 4-image version
+``score_swap`` the demo's denoising with four scores (the built-in network, the exact
+               score of a Gaussian fitted to the training set, and the two mixed at
+               t = 600 / 300): is λ = 0's poor MSE the method's fault or the network's?
 =============  =====================================================================
 """
 from __future__ import annotations
@@ -30,6 +33,7 @@ EXPERIMENTS = {
     "gaussian": "dpfast.experiments.gaussian",
     "pinwheel": "dpfast.experiments.pinwheel",
     "images": "dpfast.experiments.images",
+    "score_swap": "dpfast.experiments.score_swap",
 }
 
 
