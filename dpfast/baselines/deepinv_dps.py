@@ -53,17 +53,37 @@ def epsilon_denoiser(model: ScoreModel):
 
 
 def deepinv_restoration(
-    model: ScoreModel, operator, y: torch.Tensor, steps: int, dtype: torch.dtype = torch.float64, weight: float = 1.0
+    model: ScoreModel,
+    operator,
+    y: torch.Tensor,
+    steps: int,
+    dtype: torch.dtype = torch.float64,
+    weight: float = 1.0,
+    solver: str = "ddpm",
+    alpha: float = 1.0,
+    seed: int = 0,
 ) -> Callable[[], torch.Tensor]:
-    """A callable running deepinv's ``DPS`` (its defaults: DDPM solver, norm guidance) on ``y``."""
+    """A callable running deepinv's ``DPS`` on ``y``; it returns the restoration in dpfast's [-1, 1] units.
+
+    ``operator`` and ``y`` are dpfast's (the operator acts on [-1, 1] images). The defaults
+    are deepinv's own (DDPM solver, norm guidance, float64 state). ``solver="ancestral"``
+    with ``alpha`` ∈ [0, 1] is deepinv's knob between the deterministic DDIM sampler
+    (α = 0) and ancestral DDPM (α = 1): unlike dpfast's λ, it keeps every state at its
+    timestep's noise level. ``weight`` is deepinv's step on ∇‖y − A x̂0‖, taken in its
+    own [0, 1] units and SDE form: search it rather than converting a dpfast ζ.
+    """
     deepinv = _deepinv()
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     sampler = deepinv.sampling.DPS(
-        epsilon_denoiser(model), num_steps=steps, weight=weight, device=y.device, dtype=dtype
+        epsilon_denoiser(model), num_steps=steps, weight=weight, solver=solver, alpha=alpha, device=y.device,
+        dtype=dtype, rng=torch.Generator(y.device),  # without a generator deepinv ignores the seed
     )
-    physics = deepinv.physics.Physics(A=operator)
+    physics = deepinv.physics.Physics(A=lambda unit: operator(2.0 * unit - 1.0))  # deepinv's x is in [0, 1]
 
     def run() -> torch.Tensor:
         with torch.enable_grad():
-            return sampler(y.to(dtype), physics, x_init=tuple(y.shape[:1]) + tuple(model.image_shape), seed=0)
+            unit = sampler(y.to(dtype), physics, x_init=tuple(y.shape[:1]) + tuple(model.image_shape), seed=seed)
+        return 2.0 * unit - 1.0
 
     return run

@@ -12,7 +12,11 @@ super-resolution with σ_n = 0.05. Per task:
    samples, the PSCGAN-N way of moving toward the MMSE end, and DDIM-η with the same DPS
    correction (:func:`~dpfast.experiments.pinwheel.ddim_dps_sample`; it takes one constant
    ζ, set to the mean over steps of the λ = 1 β-scaled schedule);
-4. per point: MSE, PSNR, SSIM against the truth and FD (the shipped feature network)
+4. when deepinv is installed (``dpfast[bench]``), deepinv's own DPS driving the same
+   network with its ``alpha`` knob (ancestral solver: α = 0 is DDIM, α = 1 DDPM; every
+   state stays at its timestep's noise level, unlike dpfast's λ), its ``weight`` per α
+   searched on the same training images;
+5. per point: MSE, PSNR, SSIM against the truth and FD (the shipped feature network)
    between the restored and the clean test set.
 
 ``FULL`` (256 test images, 100 steps) is sized for a GPU: on a 2-core CPU it takes on
@@ -22,12 +26,14 @@ task, with the baselines).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
+from dpfast import metrics
 from dpfast.experiments import common
 from dpfast.experiments.image_tasks import ImageTask, dp_rows, search_zeta, traverse_task
 from dpfast.experiments.pinwheel import ddim_dps_sample
@@ -53,14 +59,17 @@ class Settings:
     search_images: int  # training images for the ζ search
     average_counts: tuple[int, ...]  # N of the averaging baseline
     etas: tuple[float, ...]
+    deepinv_alphas: tuple[float, ...]  # deepinv's DPS noise weight α (skipped when deepinv is missing)
+    deepinv_weights: tuple[float, ...]  # its search grid of deepinv's guidance weight
     tasks: tuple[ImageTask, ...] = TASKS
 
 
 FULL = Settings(images=256, steps=100, lams=(0.0, 0.25, 0.5, 0.75, 1.0), zeta_factors=(0.5, 1.0, 2.0, 4.0, 8.0),
-                search_images=16, average_counts=(1, 2, 4, 8), etas=(0.0, 0.5, 1.0))
+                search_images=16, average_counts=(1, 2, 4, 8), etas=(0.0, 0.5, 1.0),
+                deepinv_alphas=(0.0, 0.5, 1.0), deepinv_weights=(3.0, 10.0, 30.0, 100.0, 300.0))
 MEDIUM = replace(FULL, images=32, steps=50, search_images=8)
 QUICK = Settings(images=4, steps=8, lams=(0.0, 1.0), zeta_factors=(1.0, 4.0), search_images=2, average_counts=(1, 2),
-                 etas=(0.0,), tasks=(TASKS[0],))
+                 etas=(0.0,), deepinv_alphas=(1.0,), deepinv_weights=(10.0, 100.0), tasks=(TASKS[0],))
 
 
 def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Settings | None = None) -> dict:
@@ -81,10 +90,15 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
     train, _ = load_fashion_mnist("train", limit=settings.search_images)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    progress = common.Progress(NAME, len(settings.tasks) * 4)
+    with_deepinv = _deepinv_installed()
+    if not with_deepinv:
+        print(f"[{NAME}] deepinv is not installed (pip install dpfast[bench]): its α baseline is skipped", flush=True)
+    progress = common.Progress(NAME, len(settings.tasks) * (5 if with_deepinv else 4))
     results = {"tasks": {}, "settings": _settings_dict(settings)}
     for task in settings.tasks:
         results["tasks"][task.name] = _run_task(model, task, test, train, settings, seed, progress)
+        if with_deepinv:
+            results["tasks"][task.name]["deepinv"] = _deepinv_series(model, task, test, train, settings, seed, progress)
     _plot(results, out_dir / f"{NAME}_dp_curve.png")
     results["figures"] = [f"{NAME}_dp_curve.png"]
     results["meta"] = common.run_metadata(NAME, quick, seed, started)
@@ -93,6 +107,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
         rows = [(f"λ = {row['lam']:g} (c {row['zeta']:g})", row) for row in task_results["lam_sweep"]]
         rows += [(f"mean of {row['samples']} DPS samples", row) for row in task_results["averaging"]]
         rows += [(f"DDIM η = {row['eta']:g}", row) for row in task_results["ddim"]]
+        rows += [(f"deepinv DPS α = {row['alpha']:g} (weight {row['weight']:g})", row) for row in task_results.get("deepinv", [])]
         common.print_table(f"{name}: {settings.images} test images, {settings.steps} steps", ("method", "MSE", "PSNR", "SSIM", "FD"),
                            [(label, row["mse"], row["psnr"], row["ssim"], row["fd"]) for label, row in rows])
     return results
@@ -128,6 +143,34 @@ def _run_task(model, task: ImageTask, test, train, settings: Settings, seed: int
             "averaging": averaging, "ddim": ddim_rows}
 
 
+def _deepinv_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("deepinv") is not None
+
+
+def _deepinv_series(model, task: ImageTask, test, train, settings: Settings, seed: int, progress) -> list[dict]:
+    """deepinv's DPS at each α, its weight the lowest training-image MSE of the grid."""
+    from dpfast.baselines.deepinv_dps import deepinv_restoration
+
+    def restore(images, y, alpha, weight, run_seed):
+        return deepinv_restoration(model, task.operator(), y, settings.steps, torch.float32, weight=weight,
+                                   solver="ancestral", alpha=alpha, seed=run_seed)().to(images.dtype)
+
+    y_train = task.measure(train, seed=seed + SEARCH_SEED)
+    y_test = task.measure(test, seed=seed + TEST_SEED)
+    restored, weights = [], []
+    for alpha in settings.deepinv_alphas:
+        errors = {weight: float(metrics.mse(restore(train, y_train, alpha, weight, seed + SEARCH_SEED), train).mean())
+                  for weight in settings.deepinv_weights}
+        weights.append(min(errors, key=lambda weight: errors[weight] if math.isfinite(errors[weight]) else math.inf))
+        restored.append(restore(test, y_test, alpha, weights[-1], seed))
+    rows = [dict(row, alpha=alpha, weight=weight) for row, alpha, weight in
+            zip(dp_rows(test, torch.stack(restored), settings.deepinv_alphas), settings.deepinv_alphas, weights)]
+    progress.step(f"{task.name}: deepinv DPS α baseline (weights {weights})")
+    return rows
+
+
 def _settings_dict(settings: Settings) -> dict:
     values = asdict(settings)
     values["tasks"] = [task.name for task in settings.tasks]
@@ -135,7 +178,7 @@ def _settings_dict(settings: Settings) -> dict:
 
 
 SERIES = (("lam_sweep", "lam", "λ sweep (c tuned per λ)", "o-"), ("averaging", "samples", "mean of N DPS samples", "s-"),
-          ("ddim", "eta", "DDIM-η, constant ζ", "^-"))
+          ("ddim", "eta", "DDIM-η, constant ζ", "^-"), ("deepinv", "alpha", "deepinv DPS, α", "v--"))
 
 
 def _plot(results: dict, path: Path) -> Path:
@@ -144,7 +187,7 @@ def _plot(results: dict, path: Path) -> Path:
     figure, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), squeeze=False)
     for axis, (name, task_results) in zip(axes[0], tasks.items()):
         for key, knob, label, style in SERIES:
-            rows = task_results[key]
+            rows = task_results.get(key, [])
             axis.plot([row["mse"] for row in rows], [row["fd"] for row in rows], style, ms=4, lw=1, label=label)
             for row in rows:
                 axis.annotate(f"{row[knob]:g}", (row["mse"], row["fd"]), fontsize=6, xytext=(3, 3),

@@ -2,6 +2,9 @@
 
 Needs the built-in model's weights and the Fashion-MNIST dataset (`.ci/run` installs it).
 """
+import importlib.util
+import math
+
 import pytest
 
 from dpfast.data import FASHION_MNIST_DIR
@@ -18,6 +21,12 @@ def test_quick_run_writes_every_series_and_the_figure(tmp_path):
     assert [row["samples"] for row in task["averaging"]] == [1, 2]
     assert [row["eta"] for row in task["ddim"]] == [0.0]
     assert set(task["zeta"]) == {"0.0", "1.0"}
+    if importlib.util.find_spec("deepinv") is not None:  # a test extra; `.ci/run` installs it
+        (deepinv_row,) = task["deepinv"]
+        assert deepinv_row["alpha"] == 1.0 and deepinv_row["weight"] in (10.0, 100.0)
+        assert math.isfinite(deepinv_row["mse"]) and math.isfinite(deepinv_row["fd"])
+    else:
+        assert "deepinv" not in task
     for series in ("lam_sweep", "averaging", "ddim"):
         for row in task[series]:
             assert row["mse"] > 0 and row["fd"] >= 0 and 0 < row["ssim"] <= 1
