@@ -34,7 +34,7 @@ def test_zeta_search_picks_the_lowest_mse_per_lam():
     lines = []
     chosen = search_zeta(model, ImageTask("denoise", 0.1, 1.0), images, [0.0, 1.0], [0.1, 1.0], steps=3, log=lines.append)
     assert set(chosen) == {0.0, 1.0} and set(chosen.values()) <= {0.1, 1.0}
-    assert len(lines) == 2 and "c=0.1" in lines[0]
+    assert len(lines) == 2 and "c 0.1" in lines[0]
 
 
 def test_dp_rows_check_the_shapes():

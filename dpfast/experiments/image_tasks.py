@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 
 from dpfast import metrics
@@ -20,6 +21,7 @@ from dpfast.models.base import ScoreModel
 from dpfast.operators import GaussianBlur, Identity, Operator, SuperResolution, measure
 from dpfast.sampler import Sampler
 
+ZETA_SCHEDULES = ("beta", "constant")
 OPERATORS = {
     "denoise": Identity,
     "deblur": lambda: GaussianBlur(61, 3.0),
@@ -34,12 +36,14 @@ class ImageTask:
     ``zeta``: a number, or a mapping λ → number (the sampler interpolates between its
     keys). With ``zeta_schedule="beta"`` (default) that number is the scale c of
     :func:`~dpfast.guidance.beta_scaled_zeta` (ζ_k = c β'_k/√α'_k, strong early, weak
-    late); with ``"constant"`` it is ζ itself at every step.
+    late); with ``"constant"`` it is ζ itself at every step. A ``(schedule, number)``
+    pair in place of a number names its own schedule, so a mapping may pick the β-scaled
+    step at one λ and a constant ζ at another (the per-step values are interpolated).
     """
 
     kind: str
     sigma_n: float
-    zeta: float | Mapping[float, float]
+    zeta: float | tuple[str, float] | Mapping[float, float | tuple[str, float]]
     zeta_schedule: str = "beta"
 
     def __post_init__(self):
@@ -47,8 +51,11 @@ class ImageTask:
             raise ValueError(f"kind must be one of {sorted(OPERATORS)}, got {self.kind!r}")
         if not self.sigma_n >= 0:
             raise ValueError(f"sigma_n must be >= 0, got {self.sigma_n}")
-        if self.zeta_schedule not in ("beta", "constant"):
+        if self.zeta_schedule not in ZETA_SCHEDULES:
             raise ValueError(f"zeta_schedule must be 'beta' or 'constant', got {self.zeta_schedule!r}")
+        for choice in (self.zeta.values() if isinstance(self.zeta, Mapping) else [self.zeta]):
+            if isinstance(choice, tuple) and (len(choice) != 2 or choice[0] not in ZETA_SCHEDULES):
+                raise ValueError(f"a zeta pair must be (schedule, value) with schedule 'beta' or 'constant', got {choice!r}")
 
     @property
     def name(self) -> str:
@@ -56,10 +63,14 @@ class ImageTask:
 
     @property
     def zeta_text(self) -> str:
-        what = "c" if self.zeta_schedule == "beta" else "ζ"
         if isinstance(self.zeta, Mapping):
-            return ", ".join(f"λ {lam:g}: {what} {zeta:g}" for lam, zeta in sorted(self.zeta.items()))
-        return f"{what} {self.zeta:g}"
+            return ", ".join(f"λ {lam:g}: {self.choice_text(zeta)}" for lam, zeta in sorted(self.zeta.items()))
+        return self.choice_text(self.zeta)
+
+    def choice_text(self, choice) -> str:
+        """``"c 160"`` (β-scaled) or ``"ζ 3"`` (constant) for a number or a (schedule, number) pair."""
+        schedule, value = choice if isinstance(choice, tuple) else (self.zeta_schedule, choice)
+        return f"{'c' if schedule == 'beta' else 'ζ'} {value:g}"
 
     def natural_scale(self, image_shape: Sequence[int]) -> float:
         """c ≈ ‖r‖/σ_n² ≈ √m/σ_n for a measurement of m values: the β-scaled step's natural size."""
@@ -69,9 +80,20 @@ class ImageTask:
     def sampler_zeta(self, model: ScoreModel, steps: int, zeta=None):
         """What :class:`~dpfast.Sampler` gets as ``zeta`` (``zeta`` overrides the task's value)."""
         value = self.zeta if zeta is None else zeta
+        if isinstance(value, tuple):
+            return self.step_sizes(model, steps, value)
+        if isinstance(value, Mapping) and any(isinstance(choice, tuple) for choice in value.values()):
+            return _interpolated_steps({float(lam): self.step_sizes(model, steps, choice) for lam, choice in value.items()})
         if self.zeta_schedule == "beta":
             return beta_scaled_zeta(value, model.schedule, steps)
         return value
+
+    def step_sizes(self, model: ScoreModel, steps: int, choice) -> np.ndarray:
+        """The per-step ζ (execution order) of one choice: a number or a (schedule, number) pair."""
+        schedule, value = choice if isinstance(choice, tuple) else (self.zeta_schedule, choice)
+        if schedule == "beta":
+            return beta_scaled_zeta(float(value), model.schedule, steps)(1.0)
+        return np.full(steps, float(value))
 
     def operator(self) -> Operator:
         return OPERATORS[self.kind]()
@@ -93,8 +115,7 @@ def traverse_task(
 ) -> torch.Tensor:
     """Restore the measurements ``y`` at every λ in one batched run: ``(L, N, C, H, W)``.
 
-    ``zeta`` overrides the task's value (a number or a mapping λ → number, read as the
-    task's ``zeta_schedule`` says).
+    ``zeta`` overrides the task's value (anything :class:`ImageTask` takes as ``zeta``).
     """
     sampler = Sampler(model, task.operator(), steps=steps, zeta=task.sampler_zeta(model, steps, zeta), progress=progress)
     return sampler.traverse(y, list(lams), seed=seed)
@@ -127,6 +148,52 @@ def dp_rows(truth: torch.Tensor, restorations: torch.Tensor, lams: Sequence[floa
     return rows
 
 
+def _interpolated_steps(per_lam: Mapping[float, np.ndarray]):
+    """λ → per-step ζ, linear between the keys of ``per_lam`` (an error outside them)."""
+    keys = sorted(per_lam)
+
+    def zeta(lam: float) -> np.ndarray:
+        if not keys[0] <= lam <= keys[-1]:
+            raise ValueError(f"lam={lam} is outside the step-size choices' range [{keys[0]}, {keys[-1]}]")
+        upper = next(index for index, key in enumerate(keys) if key >= lam)
+        if keys[upper] == lam or upper == 0:
+            return per_lam[keys[upper]]
+        low, high = keys[upper - 1], keys[upper]
+        weight = (lam - low) / (high - low)
+        return (1.0 - weight) * per_lam[low] + weight * per_lam[high]
+
+    return zeta
+
+
+def search_step_sizes(
+    model: ScoreModel,
+    task: ImageTask,
+    images: torch.Tensor,
+    lams: Sequence[float],
+    choices: Sequence[tuple[str, float]],
+    steps: int,
+    seed: int = 0,
+    log=print,
+) -> dict[float, tuple[str, float]]:
+    """For each λ, the ``(schedule, value)`` from ``choices`` with the lowest MSE on ``images``
+    (use *training* images): β-scaled and constant steps compete on equal terms.
+
+    One batched traversal per choice; ``log`` gets one line per choice with each λ's MSE.
+    """
+    y = task.measure(images, seed=seed)
+    errors = {}
+    for choice in choices:
+        choice = (choice[0], float(choice[1]))
+        restored = traverse_task(model, task, y, lams, steps, seed=seed, zeta=choice)
+        errors[choice] = [float(metrics.mse(r, images).mean()) for r in restored]
+        log(f"{task.name} {task.choice_text(choice)}: " + ", ".join(f"λ {lam:g} MSE {e:.4f}" for lam, e in zip(lams, errors[choice])))
+    return {float(lam): min(errors, key=lambda choice: _finite_or_inf(errors[choice][index])) for index, lam in enumerate(lams)}
+
+
+def _finite_or_inf(value: float) -> float:
+    return value if math.isfinite(value) else math.inf
+
+
 def search_zeta(
     model: ScoreModel,
     task: ImageTask,
@@ -143,11 +210,6 @@ def search_zeta(
     One batched traversal per value; returns the mapping λ → value (interpolated between
     its keys). ``log`` gets one line per value with each λ's MSE.
     """
-    y = task.measure(images, seed=seed)
-    errors = {}
-    for zeta in zetas:
-        restored = traverse_task(model, task, y, lams, steps, seed=seed, zeta=float(zeta))
-        errors[zeta] = [float(metrics.mse(r, images).mean()) for r in restored]
-        what = "c" if task.zeta_schedule == "beta" else "ζ"
-        log(f"{task.name} {what}={zeta:g}: " + ", ".join(f"λ {lam:g} MSE {e:.4f}" for lam, e in zip(lams, errors[zeta])))
-    return {float(lam): float(min(zetas, key=lambda z: errors[z][index])) for index, lam in enumerate(lams)}
+    choices = [(task.zeta_schedule, float(zeta)) for zeta in zetas]
+    chosen = search_step_sizes(model, task, images, lams, choices, steps, seed=seed, log=log)
+    return {lam: value for lam, (_, value) in chosen.items()}

@@ -3,15 +3,16 @@
 Tasks: denoising with σ_n ∈ {0.1, 0.3, 0.5}, Gaussian blur 61/3.0 and ×4 bicubic
 super-resolution with σ_n = 0.05. Per task:
 
-1. the DPS step size: β-scaled (:func:`~dpfast.guidance.beta_scaled_zeta`), its scale c
-   per λ found by a small search on Fashion-MNIST *training* images
-   (:func:`~dpfast.experiments.image_tasks.search_zeta`: the lowest MSE at each λ over
-   multiples of the task's natural scale √m/σ_n), so the held-out images choose nothing;
+1. the DPS step size per λ, found by a small search on Fashion-MNIST *training* images
+   (:func:`~dpfast.experiments.image_tasks.search_step_sizes`: the lowest MSE at each λ
+   over the β-scaled step of :func:`~dpfast.guidance.beta_scaled_zeta` at multiples of the
+   task's natural scale √m/σ_n, and a few constant ζ — the constant step won on the
+   61/3 blur in the demo's search), so the held-out images choose nothing;
 2. the λ sweep on the test images in one batched traversal per task;
 3. baselines with the same network, guidance and step count: the mean of N λ = 1 (DPS)
    samples, the PSCGAN-N way of moving toward the MMSE end, and DDIM-η with the same DPS
    correction (:func:`~dpfast.experiments.pinwheel.ddim_dps_sample`; it takes one constant
-   ζ, set to the mean over steps of the λ = 1 β-scaled schedule);
+   ζ, set to the mean over steps of λ = 1's chosen step);
 4. when deepinv is installed (``dpfast[bench]``), deepinv's own DPS driving the same
    network with its ``alpha`` knob (ancestral solver: α = 0 is DDIM, α = 1 DDPM; every
    state stays at its timestep's noise level, unlike dpfast's λ), its ``weight`` per α
@@ -35,9 +36,8 @@ import torch
 
 from dpfast import metrics
 from dpfast.experiments import common
-from dpfast.experiments.image_tasks import ImageTask, dp_rows, search_zeta, traverse_task
+from dpfast.experiments.image_tasks import ImageTask, dp_rows, search_step_sizes, traverse_task
 from dpfast.experiments.pinwheel import ddim_dps_sample
-from dpfast.guidance import beta_scaled_zeta
 
 NAME = "images"
 TASKS = (
@@ -56,6 +56,7 @@ class Settings:
     steps: int
     lams: tuple[float, ...]
     zeta_factors: tuple[float, ...]  # the search grid of c, in units of the task's natural scale √m/σ_n
+    constant_zetas: tuple[float, ...]  # constant ζ values searched alongside
     search_images: int  # training images for the ζ search
     average_counts: tuple[int, ...]  # N of the averaging baseline
     etas: tuple[float, ...]
@@ -64,12 +65,12 @@ class Settings:
     tasks: tuple[ImageTask, ...] = TASKS
 
 
-FULL = Settings(images=256, steps=100, lams=(0.0, 0.25, 0.5, 0.75, 1.0), zeta_factors=(0.5, 1.0, 2.0, 4.0, 8.0),
-                search_images=16, average_counts=(1, 2, 4, 8), etas=(0.0, 0.5, 1.0),
+FULL = Settings(images=256, steps=100, lams=(0.0, 0.25, 0.5, 0.75, 1.0), zeta_factors=(0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
+                constant_zetas=(0.3, 1.0, 3.0, 10.0), search_images=16, average_counts=(1, 2, 4, 8), etas=(0.0, 0.5, 1.0),
                 deepinv_alphas=(0.0, 0.5, 1.0), deepinv_weights=(3.0, 10.0, 30.0, 100.0, 300.0))
 MEDIUM = replace(FULL, images=32, steps=50, search_images=8)
-QUICK = Settings(images=4, steps=8, lams=(0.0, 1.0), zeta_factors=(1.0, 4.0), search_images=2, average_counts=(1, 2),
-                 etas=(0.0,), deepinv_alphas=(1.0,), deepinv_weights=(10.0, 100.0), tasks=(TASKS[0],))
+QUICK = Settings(images=4, steps=8, lams=(0.0, 1.0), zeta_factors=(1.0, 4.0), constant_zetas=(0.3,), search_images=2, average_counts=(1, 2),
+                 etas=(0.0,), deepinv_alphas=(1.0,), deepinv_weights=(3.0, 30.0), tasks=(TASKS[0],))
 
 
 def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Settings | None = None) -> dict:
@@ -104,7 +105,8 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
     results["meta"] = common.run_metadata(NAME, quick, seed, started)
     common.write_json(out_dir / f"{NAME}.json", results)
     for name, task_results in results["tasks"].items():
-        rows = [(f"λ = {row['lam']:g} (c {row['zeta']:g})", row) for row in task_results["lam_sweep"]]
+        rows = [(f"λ = {row['lam']:g} ({'c' if row['zeta'][0] == 'beta' else 'ζ'} {row['zeta'][1]:g})", row)
+                for row in task_results["lam_sweep"]]
         rows += [(f"mean of {row['samples']} DPS samples", row) for row in task_results["averaging"]]
         rows += [(f"DDIM η = {row['eta']:g}", row) for row in task_results["ddim"]]
         rows += [(f"deepinv DPS α = {row['alpha']:g} (weight {row['weight']:g})", row) for row in task_results.get("deepinv", [])]
@@ -115,14 +117,16 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
 
 def _run_task(model, task: ImageTask, test, train, settings: Settings, seed: int, progress) -> dict:
     natural = task.natural_scale(model.image_shape)
-    grid = [factor * natural for factor in settings.zeta_factors]
-    zeta_of_lam = search_zeta(model, task, train, settings.lams, grid, settings.steps,
-                              seed=seed + SEARCH_SEED, log=lambda line: None)
-    progress.step(f"{task.name}: search of c on {train.shape[0]} training images -> {zeta_of_lam}")
+    choices = [("beta", factor * natural) for factor in settings.zeta_factors]
+    choices += [("constant", zeta) for zeta in settings.constant_zetas]
+    zeta_of_lam = search_step_sizes(model, task, train, settings.lams, choices, settings.steps,
+                                    seed=seed + SEARCH_SEED, log=lambda line: None)
+    progress.step(f"{task.name}: step-size search on {train.shape[0]} training images -> "
+                  f"{replace(task, zeta=zeta_of_lam).zeta_text}")
     tuned = replace(task, zeta=zeta_of_lam)
     y = tuned.measure(test, seed=seed + TEST_SEED)
     restored = traverse_task(model, tuned, y, settings.lams, settings.steps, seed=seed)
-    lam_sweep = [dict(row, zeta=zeta_of_lam[row["lam"]]) for row in dp_rows(test, restored, settings.lams)]
+    lam_sweep = [dict(row, zeta=list(zeta_of_lam[row["lam"]])) for row in dp_rows(test, restored, settings.lams)]
     progress.step(f"{task.name}: λ sweep")
     zeta_one = zeta_of_lam[max(settings.lams)]
     draws = [restored[-1]] if max(settings.lams) == 1.0 else []
@@ -134,12 +138,12 @@ def _run_task(model, task: ImageTask, test, train, settings: Settings, seed: int
                  zip(dp_rows(test, means, settings.average_counts), settings.average_counts)]
     progress.step(f"{task.name}: averaging baseline")
     seeds = [seed + index for index in range(test.shape[0])]
-    ddim_zeta = zeta_of_lam[max(settings.lams)] * float(beta_scaled_zeta(1.0, model.schedule, settings.steps)(1.0).mean())
+    ddim_zeta = float(task.step_sizes(model, settings.steps, zeta_one).mean())
     ddim = torch.stack([ddim_dps_sample(model, task.operator(), y, eta, ddim_zeta, settings.steps, seeds)
                         for eta in settings.etas])
     ddim_rows = [dict(row, eta=eta) for row, eta in zip(dp_rows(test, ddim, settings.etas), settings.etas)]
     progress.step(f"{task.name}: DDIM-η baseline")
-    return {"zeta": {str(lam): zeta for lam, zeta in zeta_of_lam.items()}, "lam_sweep": lam_sweep,
+    return {"zeta": {str(lam): list(zeta) for lam, zeta in zeta_of_lam.items()}, "lam_sweep": lam_sweep,
             "averaging": averaging, "ddim": ddim_rows}
 
 
@@ -177,7 +181,7 @@ def _settings_dict(settings: Settings) -> dict:
     return values
 
 
-SERIES = (("lam_sweep", "lam", "λ sweep (c tuned per λ)", "o-"), ("averaging", "samples", "mean of N DPS samples", "s-"),
+SERIES = (("lam_sweep", "lam", "λ sweep (ζ tuned per λ)", "o-"), ("averaging", "samples", "mean of N DPS samples", "s-"),
           ("ddim", "eta", "DDIM-η, constant ζ", "^-"), ("deepinv", "alpha", "deepinv DPS, α", "v--"))
 
 

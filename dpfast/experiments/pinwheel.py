@@ -199,12 +199,14 @@ def load_pinwheel_mlp(path: Path | str = WEIGHTS_PATH) -> PinwheelMLP:
 
 # ----------------------------------------------------------------------------- DDIM-η baseline
 def ddim_dps_sample(
-    model: ScoreModel, operator, y: torch.Tensor, eta: float, zeta: float, steps: int, seeds
+    model: ScoreModel, operator, y: torch.Tensor, eta: float, zeta: float, steps: int, seeds,
+    clip_denoised: bool | None = None,
 ) -> torch.Tensor:
     """DDIM-η (Song, Meng & Ermon 2021) with the same DPS correction as :class:`dpfast.Sampler`.
 
     Per step, on the chain ``model.schedule.respace(steps)`` (ᾱ = ᾱ_t, ᾱ' = ᾱ_prev):
-    ε̂ = ε_θ(x_t, t), x̂0 = (x_t − √(1−ᾱ) ε̂)/√ᾱ,
+    ε̂ = ε_θ(x_t, t), x̂0 = (x_t − √(1−ᾱ) ε̂)/√ᾱ (clamped to [-1, 1] with ε̂ re-derived, when
+    clipping),
     σ = η √((1−ᾱ')/(1−ᾱ)) √(1 − ᾱ/ᾱ'),
     x_prev = √ᾱ' x̂0 + √(1 − ᾱ' − σ²) ε̂ + σ z − ζ ∇_{x_t}‖y − A(x̂0)‖  (per-sample norm).
 
@@ -220,6 +222,8 @@ def ddim_dps_sample(
         y: measurements ``(B, *M)``.
         eta: η ∈ [0, 1]. zeta: DPS step size ζ (the sampler's convention).
         steps: respaced steps. seeds: one int per sample (or an int s: s, s+1, ...).
+        clip_denoised: clamp x̂0 to [-1, 1] (and re-derive ε from it), as the sampler does;
+            ``None`` takes the model's ``default_clip_denoised``, as the sampler does.
 
     Returns:
         float32 ``(B, *image_shape)``.
@@ -231,6 +235,7 @@ def ddim_dps_sample(
     batch = y.shape[0]
     words = seed_tensor(seeds, batch)
     shape = tuple(model.image_shape)
+    clip = model.default_clip_denoised if clip_denoised is None else bool(clip_denoised)
     x = counter_normal_ref(words, INITIAL_NOISE_STEP, shape)
     for k in range(steps - 1, -1, -1):
         alpha_bar = float(alpha_bars[k])
@@ -239,7 +244,12 @@ def ddim_dps_sample(
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             eps = model(x_in, t)
+            if model.learned_variance:  # ε is the first half of the channels
+                eps = eps[:, : model.channels]
             pred_x0 = (x_in - math.sqrt(1.0 - alpha_bar) * eps) / math.sqrt(alpha_bar)
+            if clip:  # as the sampler does; ε is re-derived from the clamped x̂0 (ADM's DDIM does the same)
+                pred_x0 = pred_x0.clamp(-1.0, 1.0)
+                eps = (x_in - math.sqrt(alpha_bar) * pred_x0) / math.sqrt(1.0 - alpha_bar)
             residual = (y - operator(pred_x0)).flatten(1)
             norms = residual.pow(2).sum(1).clamp_min(1e-20).sqrt()
             (gradient,) = torch.autograd.grad(norms.sum(), x_in)

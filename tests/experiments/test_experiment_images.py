@@ -21,9 +21,10 @@ def test_quick_run_writes_every_series_and_the_figure(tmp_path):
     assert [row["samples"] for row in task["averaging"]] == [1, 2]
     assert [row["eta"] for row in task["ddim"]] == [0.0]
     assert set(task["zeta"]) == {"0.0", "1.0"}
+    assert all(schedule in ("beta", "constant") for schedule, _ in task["zeta"].values())
     if importlib.util.find_spec("deepinv") is not None:  # a test extra; `.ci/run` installs it
         (deepinv_row,) = task["deepinv"]
-        assert deepinv_row["alpha"] == 1.0 and deepinv_row["weight"] in (10.0, 100.0)
+        assert deepinv_row["alpha"] == 1.0 and deepinv_row["weight"] in (3.0, 30.0)
         assert math.isfinite(deepinv_row["mse"]) and math.isfinite(deepinv_row["fd"])
     else:
         assert "deepinv" not in task
