@@ -25,14 +25,15 @@ from dpfast.models.base import ScoreModel
 
 LAMS = (0.0, 0.25, 0.5, 0.75, 1.0)
 # The DPS step per task and λ (the sampler interpolates between λ = 0 and 1), each the lowest
-# MSE of a small grid on 8 Fashion-MNIST *training* images at 60 steps (docs/MODEL_CARD.md,
-# "Demo"): denoising and SR use the β-scaled step (dpfast.guidance.beta_scaled_zeta, scale c;
-# √m/σ_n = 160 for both), deblurring a constant ζ (the β-scaled step's strong early pushes
-# blew the blur's ill-conditioned directions up: MSE 0.20–0.49 against 0.09).
+# MSE of a small grid on 8 Fashion-MNIST *training* images at 60 steps with the shipped
+# weights (docs/MODEL_CARD.md, "Demo"): denoising and SR use the β-scaled step
+# (dpfast.guidance.beta_scaled_zeta, scale c; √m/σ_n = 160 for both), deblurring a constant ζ
+# (the β-scaled step's strong early pushes blew the blur's ill-conditioned directions up:
+# MSE 0.20–0.49 against 0.09).
 DEMO_TASKS = (
     ImageTask("denoise", sigma_n=0.2, zeta={0.0: 320.0, 1.0: 160.0}),
-    ImageTask("deblur", sigma_n=0.05, zeta=3.0, zeta_schedule="constant"),
-    ImageTask("sr4", sigma_n=0.05, zeta={0.0: 320.0, 1.0: 80.0}),
+    ImageTask("deblur", sigma_n=0.05, zeta={0.0: 3.0, 1.0: 1.0}, zeta_schedule="constant"),
+    ImageTask("sr4", sigma_n=0.05, zeta={0.0: 320.0, 1.0: 40.0}),
 )
 DEFAULT_STEPS = 60  # 8 images × 5 λ × 3 tasks at ~1 s per step on 2 AVX2 cores: ~3 minutes
 

@@ -8,7 +8,7 @@ from dpfast.experiments.image_tasks import ImageTask, dp_rows, search_zeta
 from dpfast.models.toy import ToyConvScore
 
 
-@pytest.mark.xfail(strict=True, reason="not met with the shipped weights (2252 training steps): λ = 1 has both the "
+@pytest.mark.xfail(strict=True, reason="not met with the shipped weights (3785 training steps): λ = 1 has both the "
                    "lower MSE and the lower FD on every task (docs/MODEL_CARD.md, 'Demo'); issue #4 stays open")
 def test_demo_moves_along_the_dp_tradeoff(tmp_path):
     """4 images, 40 steps, seed 0: averaged over the three tasks, MSE rises and FD falls from λ = 0 to λ = 1."""
