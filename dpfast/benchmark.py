@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from dpfast.baselines.deepinv_dps import deepinv_available
 from dpfast.guidance import autograd_vjp
 from dpfast.models.base import ScoreModel
 from dpfast.naive_dps import naive_dps_step
@@ -163,11 +164,8 @@ def provider_available(provider: str, device) -> str | None:
     kind = provider.rsplit("-", 1)[0]
     if kind == "cudagraph" and torch.device(device).type != "cuda":
         return "CUDA graphs need a GPU"
-    if kind == "deepinv":
-        try:
-            import deepinv  # noqa: F401
-        except ImportError:
-            return "deepinv is not installed (pip install dpfast[bench])"
+    if kind == "deepinv" and not deepinv_available():
+        return "deepinv is not installed (pip install dpfast[bench])"
     return None
 
 

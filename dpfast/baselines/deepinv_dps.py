@@ -17,6 +17,13 @@ import torch
 from dpfast.models.base import ScoreModel
 
 
+def deepinv_available() -> bool:
+    """Whether deepinv can be imported (without importing it: it is slow to import)."""
+    import importlib.util
+
+    return importlib.util.find_spec("deepinv") is not None
+
+
 def _deepinv():
     try:
         import deepinv

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from dpfast import metrics
+from dpfast.baselines.deepinv_dps import deepinv_available
 from dpfast.experiments import common
 from dpfast.experiments.image_tasks import ImageTask, dp_rows, search_step_sizes, traverse_task
 from dpfast.experiments.pinwheel import ddim_dps_sample
@@ -91,7 +92,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
     train, _ = load_fashion_mnist("train", limit=settings.search_images)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with_deepinv = _deepinv_installed()
+    with_deepinv = deepinv_available()
     if not with_deepinv:
         print(f"[{NAME}] deepinv is not installed (pip install dpfast[bench]): its α baseline is skipped", flush=True)
     progress = common.Progress(NAME, len(settings.tasks) * (5 if with_deepinv else 4))
@@ -145,12 +146,6 @@ def _run_task(model, task: ImageTask, test, train, settings: Settings, seed: int
     progress.step(f"{task.name}: DDIM-η baseline")
     return {"zeta": {str(lam): list(zeta) for lam, zeta in zeta_of_lam.items()}, "lam_sweep": lam_sweep,
             "averaging": averaging, "ddim": ddim_rows}
-
-
-def _deepinv_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("deepinv") is not None
 
 
 def _deepinv_series(model, task: ImageTask, test, train, settings: Settings, seed: int, progress) -> list[dict]:
