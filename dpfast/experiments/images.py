@@ -61,7 +61,7 @@ class Settings:
     search_images: int  # training images for the ζ search
     average_counts: tuple[int, ...]  # N of the averaging baseline
     etas: tuple[float, ...]
-    deepinv_alphas: tuple[float, ...]  # deepinv's DPS noise weight α (skipped when deepinv is missing)
+    deepinv_alphas: tuple[float, ...]  # deepinv's DPS noise weight α (none, or deepinv missing: skipped)
     deepinv_weights: tuple[float, ...]  # its search grid of deepinv's guidance weight
     tasks: tuple[ImageTask, ...] = TASKS
 
@@ -92,8 +92,8 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
     train, _ = load_fashion_mnist("train", limit=settings.search_images)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with_deepinv = deepinv_available()
-    if not with_deepinv:
+    with_deepinv = bool(settings.deepinv_alphas) and deepinv_available()
+    if settings.deepinv_alphas and not with_deepinv:
         print(f"[{NAME}] deepinv is not installed (pip install dpfast[bench]): its α baseline is skipped", flush=True)
     progress = common.Progress(NAME, len(settings.tasks) * (5 if with_deepinv else 4))
     results = {"tasks": {}, "settings": _settings_dict(settings)}

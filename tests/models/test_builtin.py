@@ -66,3 +66,23 @@ def test_wiener_estimator_is_the_exact_posterior_mean_for_gaussian_data():
     eps = prior(x_t, torch.full((5,), t))
     exact = (x_t - (1 - alpha_bar) ** 0.5 * eps) / alpha_bar**0.5
     torch.testing.assert_close(wiener.x0(x_t.reshape(5, 1, 2, 2), alpha_bar).reshape(5, 4), exact)
+
+
+@needs_dataset
+def test_quality_command_prints_the_table_the_model_card_quotes(capsys, tmp_path):
+    from safetensors.torch import save_file
+
+    from dpfast.denoising_quality import main
+    from dpfast.models.loading import BUILTIN_ASSET
+
+    shipped = main(["--images", "8", "--times", "100", "600"])
+    printed = capsys.readouterr().out
+    assert [row["t"] for row in shipped] == [100, 600] and "shipped built-in weights: 8 test images, seed 7" in printed
+    assert f"{shipped[1]['ratio']:.3f}" in printed.splitlines()[-1]
+    # --weights loads a file with the built-in architecture: zeroed weights predict ε = 0, so x̂0 = x_t / √ᾱ_t
+    zeros = {name: torch.zeros_like(value) for name, value in dp.load_model("builtin").unet.state_dict().items()}
+    save_file(zeros, tmp_path / "zeros.safetensors")
+    (row,) = main(["--weights", str(tmp_path / "zeros.safetensors"), "--images", "8", "--times", "600"])
+    assert row["network_mse"] > 10 * shipped[1]["network_mse"]
+    with pytest.raises(SystemExit, match="--images must be between 1 and 10000"):
+        main(["--images", "0"])
