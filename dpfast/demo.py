@@ -36,6 +36,13 @@ DEMO_TASKS = (
     ImageTask("sr4", sigma_n=0.05, zeta={0.0: 320.0, 1.0: 40.0}),
 )
 DEFAULT_STEPS = 60  # 8 images × 5 λ × 3 tasks at ~1 s per step on 2 AVX2 cores: ~3 minutes
+# The grids `dpfast demo --search-step-sizes` searches per task kind (DEMO_TASKS holds its winners).
+SEARCH_GRIDS = {
+    "denoise": (("beta", 80.0), ("beta", 160.0), ("beta", 320.0), ("beta", 640.0)),
+    "deblur": (("constant", 1.0), ("constant", 3.0), ("constant", 10.0)),
+    "sr4": (("beta", 40.0), ("beta", 80.0), ("beta", 160.0), ("beta", 320.0)),
+}
+SEARCH_SEED = 1  # measurement noise of the search (the demo itself uses seed 0 on other images)
 
 
 def run_demo(
@@ -86,6 +93,46 @@ def run_demo(
     return results
 
 
+def search_demo_step_sizes(
+    model: ScoreModel | None = None,
+    images: torch.Tensor | None = None,
+    steps: int = DEFAULT_STEPS,
+    seed: int = SEARCH_SEED,
+    tasks: Sequence[ImageTask] = DEMO_TASKS,
+    grids: dict | None = None,
+    log=print,
+) -> dict[str, dict[float, tuple[str, float]]]:
+    """Choose each demo task's DPS step at λ = 0 and λ = 1 by the lowest MSE on *training* images.
+
+    ``images`` defaults to the first 8 Fashion-MNIST training images (needs the dataset);
+    ``grids`` maps a task's kind to its ``(schedule, value)`` choices (default
+    :data:`SEARCH_GRIDS`). Returns ``{task name: {λ: (schedule, value)}}``, the form
+    ``DEMO_TASKS`` takes; ``log`` gets one line per choice (one batched traversal each).
+    """
+    from dpfast.experiments.image_tasks import search_step_sizes
+
+    if model is None:
+        from dpfast.models.loading import load_builtin
+
+        model = load_builtin()
+    if images is None:
+        from dpfast.data import load_fashion_mnist
+
+        images, _ = load_fashion_mnist("train", limit=8)
+    grids = SEARCH_GRIDS if grids is None else grids
+    missing = [task.kind for task in tasks if task.kind not in grids]
+    if missing:
+        raise ValueError(f"grids has no choices for the task kind(s) {missing}; it has {sorted(grids)}")
+    chosen = {}
+    for task in tasks:
+        started = time.perf_counter()
+        chosen[task.name] = search_step_sizes(model, task, images, (0.0, 1.0), grids[task.kind], steps, seed=seed,
+                                              log=lambda line: log(f"  {line}"))
+        log(f"{task.name}: chose {', '.join(f'λ {lam:g}: {task.choice_text(choice)}' for lam, choice in chosen[task.name].items())}"
+            f" ({time.perf_counter() - started:.0f} s)")
+    return chosen
+
+
 def _save_grid(truth: torch.Tensor, panels, lams: Sequence[float], path: Path) -> Path:
     """One column block per task: rows truth, measurement, then one per λ."""
     import torch.nn.functional as F
@@ -133,6 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=8, help="bundled test images to use, 2..8 (default: 8)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the measurement noise and the sampler (default: 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--search-step-sizes", action="store_true",
+                        help="instead of the demo: choose each task's step at λ = 0 and 1 on 8 Fashion-MNIST *training* "
+                             "images (needs the dataset; --steps applies) and print the winners for DEMO_TASKS")
     args = parser.parse_args(argv)
+    if args.search_step_sizes:
+        print(f"step-size search: 8 training images, measurement seed {SEARCH_SEED}, {args.steps} steps, λ ∈ {{0, 1}}", flush=True)
+        search_demo_step_sizes(steps=args.steps, log=lambda line: print(line, flush=True))
+        return 0
     run_demo(args.out, steps=args.steps, images=args.images, seed=args.seed, progress=not args.quiet)
     return 0

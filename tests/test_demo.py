@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from dpfast.demo import DEMO_TASKS, run_demo
+from dpfast.demo import DEMO_TASKS, run_demo, search_demo_step_sizes
 from dpfast.experiments.image_tasks import ImageTask, dp_rows, search_zeta
 from dpfast.models.toy import ToyConvScore
 
@@ -41,3 +41,21 @@ def test_dp_rows_check_the_shapes():
     truth = torch.zeros(3, 1, 32, 32)
     with pytest.raises(ValueError, match=r"restorations must have shape \(2, \*\(3, 1, 32, 32\)\)"):
         dp_rows(truth, torch.zeros(3, 3, 1, 32, 32), [0.0, 1.0])
+
+
+def test_demo_step_size_search_returns_each_tasks_winners_in_demo_tasks_form():
+    torch.manual_seed(0)
+    model = ToyConvScore((1, 32, 32), hidden=8).eval()
+    images = torch.rand(2, 1, 32, 32) * 2 - 1
+    tasks = (ImageTask("denoise", 0.2, 1.0), ImageTask("deblur", 0.05, 1.0, zeta_schedule="constant"))
+    grids = {"denoise": (("beta", 1.0), ("beta", 100.0)), "deblur": (("constant", 0.1),)}
+    lines = []
+    chosen = search_demo_step_sizes(model, images, steps=3, tasks=tasks, grids=grids, log=lines.append)
+    denoise, deblur = (task.name for task in tasks)
+    assert set(chosen) == {denoise, deblur}
+    assert set(chosen[denoise]) == {0.0, 1.0} and set(chosen[denoise].values()) <= set(grids["denoise"])
+    assert chosen[deblur] == {0.0: ("constant", 0.1), 1.0: ("constant", 0.1)}
+    assert len(lines) == 2 + 1 + 2 and lines[2].startswith(f"{denoise}: chose λ 0: c ")
+    ImageTask("denoise", 0.2, chosen[denoise])  # the winners are a valid zeta mapping
+    with pytest.raises(ValueError, match=r"grids has no choices for the task kind\(s\) \['deblur'\]"):
+        search_demo_step_sizes(model, images, steps=3, tasks=tasks, grids={"denoise": grids["denoise"]})
