@@ -10,7 +10,8 @@ Before every timed round the network's forward+VJP alone and the eager-fp32 rest
 run, timed but outside the round, so overhead (total / (steps × network) − 1) and speedup
 only ever compare figures taken in the same rounds. The module ends with a table: ms/step
 and images/s from the fastest round, the median, the network's forward+VJP, overhead,
-speedup over eager-fp32 and compile time. ``DPFAST_BENCH_TABLE=path`` writes it to a file.
+speedup over eager-fp32, compile time, and the achieved TFLOP/s of the network's work
+against the device's measured matmul ceiling in the network's dtype. ``DPFAST_BENCH_TABLE=path`` writes it to a file.
 """
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ if DEVICE == "cuda":
 
 _MODELS: dict[str, torch.nn.Module] = {}
 _RESULTS: list[dict] = []
+_FLOPS: dict[str, int] = {}  # the network's forward+VJP operations per workload
 
 
 def _model(workload: shared.Workload) -> torch.nn.Module:
@@ -74,7 +76,10 @@ def test_restoration_speed(benchmark, request, workload, provider):
     benchmark.group = workload.name
     benchmark.pedantic(restoration, setup=paired, rounds=workload.rounds, iterations=1)
     seconds = list(benchmark.stats.stats.data)
-    row = shared.result_row(workload, provider, seconds, paired, compile_seconds)
+    if workload.name not in _FLOPS:
+        _FLOPS[workload.name] = shared.network_flops(model, workload, DEVICE)
+    ceiling = shared.matmul_ceiling(DEVICE, shared.network_dtype(provider))
+    row = shared.result_row(workload, provider, seconds, paired, compile_seconds, flops=_FLOPS[workload.name], ceiling=ceiling)
     _RESULTS.append(row)
     per_step = row["seconds"] / workload.steps
     benchmark.extra_info.update(
@@ -82,6 +87,7 @@ def test_restoration_speed(benchmark, request, workload, provider):
         ms_per_step=1e3 * per_step, images_per_second=workload.batch / row["seconds"],
         network_ms=1e3 * row["network"], overhead=per_step / row["network"] - 1,
         speedup_vs_eager_fp32=row["eager"] / row["seconds"], compile_seconds=compile_seconds,
+        tflops=_FLOPS[workload.name] / per_step / 1e12, matmul_ceiling_tflops=ceiling / 1e12,
     )
 
 

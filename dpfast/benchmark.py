@@ -17,10 +17,17 @@ Every timed round of a provider is paired with two references run right before i
 network's forward and VJP with respect to its input alone (the floor of a DPS step) and
 the eager-fp32 restoration. A shared machine's load drifts by more than the differences
 measured, so overhead and speedup only compare figures taken in the same rounds.
+
+Achieved throughput: the network's forward plus its VJP with respect to the input is the
+work a DPS step cannot avoid; its floating-point operations are counted once per workload
+(:func:`network_flops`) and divided by each provider's time per step, and set against the
+best square-matmul rate measured on the same device in the network's dtype
+(:func:`matmul_ceiling`), the practical ceiling of dense math there.
 """
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import platform
 import time
@@ -120,6 +127,54 @@ def network_call(model: ScoreModel, workload: Workload, dtype: torch.dtype, devi
     return run
 
 
+def network_flops(model: ScoreModel, workload: Workload, device) -> int:
+    """Floating-point operations of one network forward plus its VJP with respect to the
+    input at the workload's batch (matmuls, convolutions and attention, as torch's
+    ``FlopCounterMode`` counts them; weight gradients are not computed, as in a DPS step)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(workload.batch, *workload.image, device=device, requires_grad=True)
+    t = torch.full((workload.batch,), 500, device=device)
+    with FlopCounterMode(display=False) as counter:
+        output = model(x, t)[:, : x.shape[1]]
+        torch.autograd.backward(output, torch.ones_like(output), inputs=[x])
+    return int(counter.get_total_flops())
+
+
+_CEILINGS: dict[tuple[str, torch.dtype], float] = {}
+
+
+def matmul_ceiling(device, dtype: torch.dtype, size: int | None = None, repeats: int = 10) -> float:
+    """The best FLOP/s of ``size``² × ``size``² matmuls on ``device`` in ``dtype`` (default
+    size 8192 on CUDA, 1024 on the CPU; best of 5 timings of ``repeats`` products each),
+    cached per device and dtype for the default size."""
+    device = torch.device(device)
+    key = (str(device), dtype)
+    if size is None and key in _CEILINGS:
+        return _CEILINGS[key]
+    n = size or (8192 if device.type == "cuda" else 1024)
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, generator=generator).to(dtype)
+    b = torch.randn(n, n, device=device, generator=generator).to(dtype)
+    product = synchronized(lambda: [torch.mm(a, b) for _ in range(repeats)], device)
+    product()  # warm-up
+    best = math.inf
+    for _ in range(5):
+        start = time.perf_counter()
+        product()
+        best = min(best, time.perf_counter() - start)
+    rate = 2 * n**3 * repeats / best
+    if size is None:
+        _CEILINGS[key] = rate
+    return rate
+
+
+def network_dtype(provider: str) -> torch.dtype:
+    """The dtype the network runs in for ``provider`` (deepinv's float64 state still calls it in float32)."""
+    precision = provider.rsplit("-", 1)[1]
+    return torch.float32 if precision == "fp64" else DTYPES[precision]
+
+
 def naive_restoration(sampler: Sampler, model, operator, y: torch.Tensor) -> Callable:
     """The restoration as a loop of naive autograd DPS steps (same seeds, λ, schedule)."""
     batch = sampler._prepare(y, [LAM] * y.shape[0], list(range(y.shape[0])))
@@ -189,16 +244,17 @@ class PairedTimer:
 
 
 def paired_references(workload: Workload, model, operator, y, provider: str, device) -> dict[str, Callable]:
-    precision = provider.rsplit("-", 1)[1]
-    network_dtype = torch.float32 if precision == "fp64" else DTYPES[precision]
-    references = {"network": synchronized(network_call(model, workload, network_dtype, device), device)}
+    references = {"network": synchronized(network_call(model, workload, network_dtype(provider), device), device)}
     if provider != "eager-fp32":
         references["eager-fp32"] = restoration(workload, model, operator, y, "eager-fp32")[0]
     return references
 
 
 def result_row(workload: Workload, provider: str, seconds: Sequence[float], paired: PairedTimer,
-               compile_seconds: float | None, peak_bytes: int | None = None) -> dict:
+               compile_seconds: float | None, peak_bytes: int | None = None, flops: int | None = None,
+               ceiling: float | None = None) -> dict:
+    """One table row. ``flops``: :func:`network_flops` of the workload; ``ceiling``:
+    :func:`matmul_ceiling` in the provider's network dtype (FLOP/s)."""
     fastest = min(seconds)
     ordered = sorted(seconds)
     network = min(paired.seconds["network"])
@@ -206,7 +262,7 @@ def result_row(workload: Workload, provider: str, seconds: Sequence[float], pair
     return dict(
         workload=workload.name, steps=workload.steps, batch=workload.batch, provider=provider,
         seconds=fastest, median=ordered[len(ordered) // 2], network=network, eager=eager,
-        compile_seconds=compile_seconds, peak_bytes=peak_bytes,
+        compile_seconds=compile_seconds, peak_bytes=peak_bytes, flops=flops, ceiling=ceiling,
     )
 
 
@@ -227,7 +283,9 @@ def run_provider(workload: Workload, provider: str, device, model=None, log: Cal
         run()
         seconds.append(time.perf_counter() - start)
         log(f"  {workload.name} {provider}: round {round_index + 1}/{workload.rounds} {seconds[-1]:.2f} s")
-    return result_row(workload, provider, seconds, paired, compile_seconds, _peak_memory(device, peak))
+    peak_bytes = _peak_memory(device, peak)
+    return result_row(workload, provider, seconds, paired, compile_seconds, peak_bytes,
+                      network_flops(model, workload, device), matmul_ceiling(device, network_dtype(provider)))
 
 
 def _reset_peak_memory(device) -> int | None:
@@ -268,19 +326,27 @@ def summary_table(rows: Sequence[dict], device, timer: str = "time.perf_counter"
         f"device: {torch.device(device).type} ({device_name(device)}); {versions}; timer {timer}; {datetime.date.today()}",
         "",
         "| workload | steps | provider | ms/step | median ms/step | images/s | network fwd+VJP ms | overhead | "
-        "speedup vs eager-fp32 | compile s | peak MiB |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "speedup vs eager-fp32 | compile s | peak MiB | TFLOP/s | of matmul ceiling |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         per_step = r["seconds"] / r["steps"]
         compile_seconds = "-" if r["compile_seconds"] is None else f"{r['compile_seconds']:.0f}"
         peak = "-" if r.get("peak_bytes") is None else f"{r['peak_bytes'] / 2**20:.0f}"
+        achieved = None if r.get("flops") is None else r["flops"] / per_step
+        rate = "-" if achieved is None else f"{achieved / 1e12:.3g}"
+        share = "-" if achieved is None or r.get("ceiling") is None else f"{achieved / r['ceiling']:.0%}"
         lines.append(
             f"| {r['workload']} | {r['steps']} | {r['provider']} | {1e3 * per_step:.1f} | "
             f"{1e3 * r['median'] / r['steps']:.1f} | {r['batch'] / r['seconds']:.2f} | "
             f"{1e3 * r['network']:.1f} | {per_step / r['network'] - 1:+.0%} | {r['eager'] / r['seconds']:.2f}x | "
-            f"{compile_seconds} | {peak} |"
+            f"{compile_seconds} | {peak} | {rate} | {share} |"
         )
+    ceilings = sorted({(str(network_dtype(r["provider"])).removeprefix("torch."), r["ceiling"]) for r in rows if r.get("ceiling")})
+    if ceilings:
+        lines += ["", "TFLOP/s: the network's forward+VJP operations (torch FlopCounterMode) per second of restoration; "
+                  "matmul ceiling (best square matmul here, in the network's dtype): "
+                  + ", ".join(f"{precision} {rate / 1e12:.3g} TFLOP/s" for precision, rate in ceilings)]
     return lines
 
 

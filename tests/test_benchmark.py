@@ -4,8 +4,11 @@ import re
 import pytest
 import torch
 
-from dpfast.benchmark import PROVIDERS, Workload, benchmark_operator, main, measurement, restoration, run_provider
+from dpfast.benchmark import (PROVIDERS, Workload, benchmark_operator, main, matmul_ceiling, measurement, network_flops,
+                              restoration, run_provider)
+from dpfast.models.base import ScoreModel
 from dpfast.models.toy import ToyConvScore
+from dpfast.schedule import Schedule
 
 
 def test_bench_prints_one_row_per_batch_and_provider(tmp_path, capsys):
@@ -17,6 +20,37 @@ def test_bench_prints_one_row_per_batch_and_provider(tmp_path, capsys):
     rows = [line for line in out.splitlines() if line.startswith("| toy-")]
     assert [row.split("|")[3].strip() for row in rows] == ["eager-fp32", "naive-fp32"] * 2
     assert table.read_text().count("| toy-") == 4
+    for row in rows:  # achieved TFLOP/s and its share of the measured matmul ceiling are filled in
+        tflops, share = (cell.strip() for cell in row.split("|")[-3:-1])
+        assert float(tflops) > 0 and share.endswith("%"), row
+    assert re.search(r"matmul ceiling \(best square matmul here, in the network's dtype\): float32 [0-9.e+-]+ TFLOP/s", out)
+
+
+class OneConv(ScoreModel):
+    """ε = a 3×3 convolution of x: its FLOPs are known in closed form."""
+
+    def __init__(self):
+        super().__init__()
+        self.schedule = Schedule.linear(1000)
+        self.image_shape = (2, 8, 8)
+        self.conv = torch.nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x, t):
+        return self.conv(x)
+
+
+def test_network_flops_count_the_forward_and_the_input_gradient_only():
+    """Forward 2·B·C_out·H·W·C_in·9 multiply-adds, the VJP to the input as many again; no weight gradient."""
+    forward = 2 * 3 * 2 * 8 * 8 * 2 * 9
+    assert network_flops(OneConv(), Workload("toy", (2, 8, 8), batch=3, steps=1, rounds=1), "cpu") == 2 * forward
+
+
+def test_matmul_ceiling_is_a_positive_rate_and_caches_only_the_default_size():
+    from dpfast import benchmark
+
+    cached = dict(benchmark._CEILINGS)
+    assert 1e6 < matmul_ceiling("cpu", torch.float32, size=64, repeats=2) < 1e15
+    assert benchmark._CEILINGS == cached
 
 
 @pytest.mark.parametrize(
@@ -77,3 +111,20 @@ def test_deepinv_provider_runs_and_is_finite():
     row = run_provider(workload, "deepinv-fp32", "cpu", model=model, log=lambda message: None)
     assert row["provider"] == "deepinv-fp32" and row["seconds"] > 0
     assert set(PROVIDERS) >= {"deepinv-fp64", "deepinv-fp32", "naive-fp32", "cudagraph-bf16"}
+
+
+def test_deepinv_makes_as_many_network_evaluations_as_the_sampler_steps():
+    """deepinv's num_steps counts time points: the wrapper asks for steps + 1 so both evaluate the network `steps` times."""
+    pytest.importorskip("deepinv")
+    from dpfast.baselines.deepinv_dps import deepinv_restoration
+
+    torch.manual_seed(0)
+    model = ToyConvScore((1, 8, 8), hidden=8).eval()
+    calls = []
+    model.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].requires_grad))
+    operator = benchmark_operator((1, 8, 8))
+    y = torch.zeros(2, 1, 8, 8)
+    for steps in (3, 7):
+        calls.clear()
+        deepinv_restoration(model, operator, y, steps, torch.float32)()
+        assert calls == [True] * steps  # every evaluation is differentiated (DPS guidance), none extra

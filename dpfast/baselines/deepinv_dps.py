@@ -72,6 +72,10 @@ def deepinv_restoration(
 ) -> Callable[[], torch.Tensor]:
     """A callable running deepinv's ``DPS`` on ``y``; it returns the restoration in dpfast's [-1, 1] units.
 
+    ``steps`` counts guided network evaluations, as dpfast's sampler does: deepinv's
+    ``num_steps`` counts time points (a grid from t = 1 to its end), one more than the
+    evaluations it makes, so it gets ``steps + 1``.
+
     ``operator`` and ``y`` are dpfast's (the operator acts on [-1, 1] images). The defaults
     are deepinv's own (DDPM solver, norm guidance, float64 state). ``solver="ancestral"``
     with ``alpha`` ∈ [0, 1] is deepinv's knob between the deterministic DDIM sampler
@@ -83,7 +87,7 @@ def deepinv_restoration(
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     sampler = deepinv.sampling.DPS(
-        epsilon_denoiser(model), num_steps=steps, weight=weight, solver=solver, alpha=alpha, device=y.device,
+        epsilon_denoiser(model), num_steps=steps + 1, weight=weight, solver=solver, alpha=alpha, device=y.device,
         dtype=dtype, rng=torch.Generator(y.device),  # without a generator deepinv ignores the seed
     )
     physics = deepinv.physics.Physics(A=lambda unit: operator(2.0 * unit - 1.0))  # deepinv's x is in [0, 1]
