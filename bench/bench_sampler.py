@@ -46,6 +46,7 @@ else:
         shared.Workload("toy", (3, 64, 64), batch=4, steps=10, rounds=7),
         shared.Workload(FMNIST, (1, 32, 32), batch=1, steps=4, rounds=5),
         shared.Workload(FMNIST, (1, 32, 32), batch=16, steps=2, rounds=2),
+        shared.Workload(FMNIST, (1, 32, 32), batch=64, steps=2, rounds=2),  # eager-bf16 alone: ~4 min here
     ]
 PROVIDERS = [p for p in shared.PROVIDERS if shared.provider_available(p, DEVICE) is None]
 if DEVICE == "cuda":
