@@ -39,8 +39,8 @@ DEFAULT_STEPS = 60  # 8 images × 5 λ × 3 tasks at ~1 s per step on 2 AVX2 cor
 # The grids `dpfast demo --search-step-sizes` searches per task kind (DEMO_TASKS holds its winners).
 SEARCH_GRIDS = {
     "denoise": (("beta", 80.0), ("beta", 160.0), ("beta", 320.0), ("beta", 640.0)),
-    "deblur": (("constant", 1.0), ("constant", 3.0), ("constant", 10.0)),
-    "sr4": (("beta", 40.0), ("beta", 80.0), ("beta", 160.0), ("beta", 320.0)),
+    "deblur": (("constant", 0.3), ("constant", 1.0), ("constant", 3.0), ("constant", 10.0)),
+    "sr4": (("beta", 20.0), ("beta", 40.0), ("beta", 80.0), ("beta", 160.0), ("beta", 320.0)),
 }
 SEARCH_SEED = 1  # measurement noise of the search (the demo itself uses seed 0 on other images)
 
@@ -130,6 +130,11 @@ def search_demo_step_sizes(
                                               log=lambda line: log(f"  {line}"))
         log(f"{task.name}: chose {', '.join(f'λ {lam:g}: {task.choice_text(choice)}' for lam, choice in chosen[task.name].items())}"
             f" ({time.perf_counter() - started:.0f} s)")
+        for lam, (schedule, value) in chosen[task.name].items():
+            values = [choice_value for choice_schedule, choice_value in grids[task.kind] if choice_schedule == schedule]
+            if len(values) > 1 and value in (min(values), max(values)):
+                log(f"{task.name}: λ {lam:g}'s choice {task.choice_text((schedule, value))} is on the edge of its grid "
+                    f"{sorted(values)}: widen SEARCH_GRIDS['{task.kind}'] before trusting it")
     return chosen
 
 

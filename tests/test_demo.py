@@ -55,7 +55,10 @@ def test_demo_step_size_search_returns_each_tasks_winners_in_demo_tasks_form():
     assert set(chosen) == {denoise, deblur}
     assert set(chosen[denoise]) == {0.0, 1.0} and set(chosen[denoise].values()) <= set(grids["denoise"])
     assert chosen[deblur] == {0.0: ("constant", 0.1), 1.0: ("constant", 0.1)}
-    assert len(lines) == 2 + 1 + 2 and lines[2].startswith(f"{denoise}: chose λ 0: c ")
+    assert lines[2].startswith(f"{denoise}: chose λ 0: c ")
+    # two β-scaled choices: whichever wins is on the grid's edge, and the search says so; one constant choice is no grid
+    assert sum("is on the edge of its grid [1.0, 100.0]" in line for line in lines) == 2
+    assert not any("edge" in line and deblur in line for line in lines)
     ImageTask("denoise", 0.2, chosen[denoise])  # the winners are a valid zeta mapping
     with pytest.raises(ValueError, match=r"grids has no choices for the task kind\(s\) \['deblur'\]"):
         search_demo_step_sizes(model, images, steps=3, tasks=tasks, grids={"denoise": grids["denoise"]})
