@@ -130,12 +130,17 @@ def network_call(model: ScoreModel, workload: Workload, dtype: torch.dtype, devi
 def network_flops(model: ScoreModel, workload: Workload, device) -> int:
     """Floating-point operations of one network forward plus its VJP with respect to the
     input at the workload's batch (matmuls, convolutions and attention, as torch's
-    ``FlopCounterMode`` counts them; weight gradients are not computed, as in a DPS step)."""
+    ``FlopCounterMode`` counts them; weight gradients are not computed, as in a DPS step).
+
+    Attention is counted through its math form (batched matmuls): the counter does not see
+    inside the CPU's fused attention kernel.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.randn(workload.batch, *workload.image, device=device, requires_grad=True)
     t = torch.full((workload.batch,), 500, device=device)
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
         output = model(x, t)[:, : x.shape[1]]
         torch.autograd.backward(output, torch.ones_like(output), inputs=[x])
     return int(counter.get_total_flops())

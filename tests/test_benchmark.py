@@ -39,6 +39,26 @@ class OneConv(ScoreModel):
         return self.conv(x)
 
 
+class OneAttention(ScoreModel):
+    """ε = self-attention over the pixels (one head, q = k = v = x): 4·(HW)²·C multiply-adds per image."""
+
+    def __init__(self):
+        super().__init__()
+        self.schedule = Schedule.linear(1000)
+        self.image_shape = (4, 4, 4)
+
+    def forward(self, x, t):
+        tokens = x.flatten(2).transpose(1, 2)[:, None]  # (B, 1, HW, C)
+        attended = torch.nn.functional.scaled_dot_product_attention(tokens, tokens, tokens)
+        return attended[:, 0].transpose(1, 2).reshape(x.shape)
+
+
+def test_network_flops_count_attention_even_where_the_fused_kernel_hides_it():
+    """Forward QKᵀ and AV; the VJP needs both operands' gradients of each (q, k, v all depend on x): 3× the forward."""
+    forward = 2 * 4 * 16 * 16 * 4
+    assert network_flops(OneAttention(), Workload("toy", (4, 4, 4), batch=2, steps=1, rounds=1), "cpu") == 3 * forward
+
+
 def test_network_flops_count_the_forward_and_the_input_gradient_only():
     """Forward 2·B·C_out·H·W·C_in·9 multiply-adds, the VJP to the input as many again; no weight gradient."""
     forward = 2 * 3 * 2 * 8 * 8 * 2 * 9
