@@ -271,9 +271,15 @@ def result_row(workload: Workload, provider: str, seconds: Sequence[float], pair
     )
 
 
-def run_provider(workload: Workload, provider: str, device, model=None, log: Callable[[str], None] = print) -> dict:
-    """Time ``provider`` on ``workload`` (``rounds`` rounds, each paired with the references)."""
+def run_provider(workload: Workload, provider: str, device, model=None, log: Callable[[str], None] = print,
+                 flops: int | None = None) -> dict:
+    """Time ``provider`` on ``workload`` (``rounds`` rounds, each paired with the references).
+
+    ``flops``: the workload's :func:`network_flops`, when the caller already counted them.
+    """
     model = model if model is not None else build_model(workload.network, workload.image, device)
+    if flops is None:
+        flops = network_flops(model, workload, device)
     operator = benchmark_operator(workload.image)
     y = measurement(workload, operator, device)
     run, compile_seconds = restoration(workload, model, operator, y, provider)
@@ -290,7 +296,7 @@ def run_provider(workload: Workload, provider: str, device, model=None, log: Cal
         log(f"  {workload.name} {provider}: round {round_index + 1}/{workload.rounds} {seconds[-1]:.2f} s")
     peak_bytes = _peak_memory(device, peak)
     return result_row(workload, provider, seconds, paired, compile_seconds, peak_bytes,
-                      network_flops(model, workload, device), matmul_ceiling(device, network_dtype(provider)))
+                      flops, matmul_ceiling(device, network_dtype(provider)))
 
 
 def _reset_peak_memory(device) -> int | None:
@@ -415,9 +421,10 @@ def _bench(args) -> int:
     rows = []
     for batch in batches:
         workload = Workload(network, image, batch, steps, rounds)
+        flops = network_flops(model, workload, device)  # the same for every provider
         for provider in providers:
             log(f"{workload.name} {provider} ...")
-            rows.append(run_provider(workload, provider, device, model=model, log=log))
+            rows.append(run_provider(workload, provider, device, model=model, log=log, flops=flops))
     lines = summary_table(rows, device)
     print("\n".join(["", *lines]))
     if args.out:

@@ -3,12 +3,12 @@ writes every series, and a 30-step run of the same task checks the tradeoff itse
 
 Needs the built-in model's weights and the Fashion-MNIST dataset (`.ci/run` installs it).
 """
-import importlib.util
 import math
 from dataclasses import replace
 
 import pytest
 
+from dpfast.baselines.deepinv_dps import deepinv_available
 from dpfast.data import FASHION_MNIST_DIR
 from dpfast.experiments import images
 
@@ -30,7 +30,7 @@ def test_quick_run_writes_every_series_and_the_figure(quick_run):
     assert [row["eta"] for row in task["ddim"]] == [0.0]
     assert set(task["zeta"]) == {"0.0", "1.0"}
     assert all(schedule in ("beta", "constant") for schedule, _ in task["zeta"].values())
-    if importlib.util.find_spec("deepinv") is not None:  # a test extra; `.ci/run` installs it
+    if deepinv_available():  # a test extra; `.ci/run` installs it
         (deepinv_row,) = task["deepinv"]
         assert deepinv_row["alpha"] == 1.0 and deepinv_row["weight"] in (3.0, 30.0)
         assert math.isfinite(deepinv_row["mse"]) and math.isfinite(deepinv_row["fd"])
