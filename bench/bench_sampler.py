@@ -80,7 +80,8 @@ def test_restoration_speed(benchmark, request, workload, provider):
     if workload.name not in _FLOPS:
         _FLOPS[workload.name] = shared.network_flops(model, workload, DEVICE)
     ceiling = shared.matmul_ceiling(DEVICE, shared.network_dtype(provider))
-    row = shared.result_row(workload, provider, seconds, paired, compile_seconds, flops=_FLOPS[workload.name], ceiling=ceiling)
+    row = shared.result_row(workload, provider, seconds, paired, compile_seconds, shared.peak_memory(restoration, DEVICE),
+                            flops=_FLOPS[workload.name], ceiling=ceiling)
     _RESULTS.append(row)
     per_step = row["seconds"] / workload.steps
     benchmark.extra_info.update(

@@ -2,39 +2,123 @@
 # GPU checks for dpfast, run from anywhere on a machine with a CUDA GPU and a Python
 # environment that already holds torch (CUDA build), triton, pytest, pytest-benchmark and
 # ninja. A plain sequence of sections; each records pass/fail, none stops the others,
-# and a short table is printed last. Results also land in $OUT (default /tmp/dpfast_gpu_check).
+# and a short table is printed last.
 #
 #   bash bench/gpu_check.sh            # PYTHON=... to pick the interpreter
 #
-# Sections: install, environment, CUDA kernel tests, compute-sanitizer (if available),
-# kernel benchmarks on CUDA, sampler-mode tests and sampler benchmarks. Add new sections with `section` + `record`.
+# Everything is written under $DPFAST_GPU_RESULTS (default /tmp/dpfast_gpu_check). Where
+# $OUT is set (the lent GPU machine, which sends back at most 8 files of 16 MiB), it
+# receives gpu_check.tar.gz (logs, tables, JSON, the training log and the exported EMA
+# weights) and the training checkpoint split into 15 MiB parts (checkpoint.pt.part-aa ...).
+#
+# Time: the run ends by itself near DPFAST_GPU_DEADLINE seconds (default 540): each
+# section runs under a timeout cut to what is left, and a section with too little left is
+# skipped and says so. DPFAST_GPU_SECTIONS picks sections (default: all, in this order):
+#   install environment kernel_tests sanitizer sampler_tests sampler_bench network_bench kernel_bench train
+#
+# Training (section "train"): the built-in model trains in the background *while the
+# untimed correctness sections run* (it is stopped before any benchmark), and again after
+# the benchmarks until the deadline. It needs the Fashion-MNIST training files in
+# $DPFAST_FASHION_MNIST_DIR (default .data/fashion-mnist, git-ignored; carry it with the
+# run): train-images-idx3-ubyte.gz, or the same file as .xz (smaller, to fit a 64 MiB
+# carry limit; converted here), and train-labels-idx1-ubyte.gz. DPFAST_GPU_TRAIN_FROM=DIR
+# continues an earlier run: DIR holds its checkpoint.pt (or checkpoint.pt.part-* to be
+# joined) and optionally its log.csv. The recipe is the CPU run's (batch 64, fp32, lr 2e-4);
+# the data order depends only on (seed, step), so the continued run takes the same steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
-OUT=${OUT:-/tmp/dpfast_gpu_check}
-mkdir -p "$OUT"
+RESULTS=${DPFAST_GPU_RESULTS:-/tmp/dpfast_gpu_check}
+DEADLINE=${DPFAST_GPU_DEADLINE:-540}
+SECTIONS=" ${DPFAST_GPU_SECTIONS:-install environment kernel_tests sanitizer sampler_tests sampler_bench network_bench kernel_bench train} "
+RESERVE=25  # seconds kept for stopping the trainer, exporting and packing
+mkdir -p "$RESULTS"
 # Triton must compile for the GPU here, not interpret (tests/conftest.py defaults it to 1).
-export TRITON_INTERPRET=0
+export TRITON_INTERPRET=0 PYTHONUNBUFFERED=1
 SUMMARY=()
+START=$SECONDS
 
-section() { echo; echo "=== $1 ==="; }
+section() { echo; echo "=== $1 ($((SECONDS - START)) s) ==="; }
+wanted() { [[ "$SECTIONS" == *" $1 "* ]]; }
 record() { SUMMARY+=("$1|$2|$3"); }  # name, status, seconds
-timed() {  # timed NAME COMMAND...: run, record status and wall time
-  local name=$1 start=$SECONDS status
-  shift
-  "$@"
+left() { echo $((DEADLINE - RESERVE - (SECONDS - START))); }
+timed() {  # timed NAME CAP COMMAND...: run under a timeout of min(CAP, time left); record status and wall time
+  local name=$1 cap=$2 start=$SECONDS status limit
+  shift 2
+  limit=$(left)
+  [ "$cap" -lt "$limit" ] && limit=$cap
+  if [ "$limit" -lt 20 ]; then
+    echo "skipped: $limit s left before the deadline"
+    record "$name" "skipped (time)" 0
+    return 0
+  fi
+  timeout -s INT -k 15 "$limit" "$@"
   status=$?
-  record "$name" "$([ $status -eq 0 ] && echo pass || echo "FAIL ($status)")" "$((SECONDS - start))"
+  case $status in
+    0) record "$name" pass "$((SECONDS - start))" ;;
+    124|137) record "$name" "TIMEOUT ${limit}s" "$((SECONDS - start))" ;;
+    *) record "$name" "FAIL ($status)" "$((SECONDS - start))" ;;
+  esac
   return $status
 }
 
-section "install (compiles the C++ and CUDA extensions)"
-timed install "$PYTHON" -m pip install --no-build-isolation --no-deps -e . >"$OUT/install.log" 2>&1
-tail -n 5 "$OUT/install.log"
+# ------------------------------------------------------------------ training, in the background
+TRAIN_DIR=$RESULTS/builtin_run
+TRAIN_PID=
+TRAIN_SECONDS=0
+export DPFAST_FASHION_MNIST_DIR=${DPFAST_FASHION_MNIST_DIR:-.data/fashion-mnist}
+train_ready() {
+  local data=$DPFAST_FASHION_MNIST_DIR/train-images-idx3-ubyte
+  if [ ! -f "$data.gz" ] && [ -f "$data.xz" ]; then
+    "$PYTHON" -c "import gzip, lzma, shutil, sys
+with lzma.open(sys.argv[1]) as source, gzip.open(sys.argv[2], 'wb', compresslevel=1) as target:
+    shutil.copyfileobj(source, target, 1 << 24)" "$data.xz" "$data.gz" || return 1
+  fi
+  [ -f "$data.gz" ] || { echo "no $data.gz (or .xz): training skipped"; return 1; }
+  mkdir -p "$TRAIN_DIR"
+  local from=${DPFAST_GPU_TRAIN_FROM:-}
+  if [ -n "$from" ] && [ ! -f "$TRAIN_DIR/checkpoint.pt" ]; then
+    if [ -f "$from/checkpoint.pt" ]; then
+      cp "$from/checkpoint.pt" "$TRAIN_DIR/"
+    else
+      cat "$from"/checkpoint.pt.part-* >"$TRAIN_DIR/checkpoint.pt" || return 1
+    fi
+    [ -f "$from/log.csv" ] && cp "$from/log.csv" "$TRAIN_DIR/"
+    echo "continuing the run in $from"
+  fi
+}
+train_start() {
+  TRAIN_STARTED=$SECONDS
+  "$PYTHON" -m dpfast.train --out "$TRAIN_DIR" --steps 30000 --batch 64 --device "${DPFAST_GPU_TRAIN_DEVICE:-cuda}" --precision fp32 \
+    --threads 4 --checkpoint-minutes 1 --log-every 200 >>"$RESULTS/train.log" 2>&1 &
+  TRAIN_PID=$!
+  echo "training in the background (pid $TRAIN_PID)"
+}
+train_stop() {  # SIGTERM: the trainer finishes its step, checkpoints and exits
+  [ -n "$TRAIN_PID" ] || return 0
+  kill -TERM "$TRAIN_PID" 2>/dev/null
+  wait "$TRAIN_PID"
+  TRAIN_SECONDS=$((TRAIN_SECONDS + SECONDS - TRAIN_STARTED))
+  TRAIN_PID=
+  tail -n 2 "$RESULTS/train.log"
+}
+TRAINING=0
+if wanted train; then
+  section "training data"
+  train_ready && TRAINING=1 && train_start
+fi
 
-section "environment"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "nvidia-smi unavailable"
-"$PYTHON" - <<'EOF'
+# ------------------------------------------------------------------ correctness (untimed)
+if wanted install; then
+  section "install (compiles the C++ and CUDA extensions)"
+  timed install 300 "$PYTHON" -m pip install --no-build-isolation --no-deps -e . >"$RESULTS/install.log" 2>&1
+  tail -n 5 "$RESULTS/install.log"
+fi
+
+if wanted environment; then
+  section "environment"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>/dev/null || echo "nvidia-smi unavailable"
+  "$PYTHON" - <<'EOF' 2>&1 | tee "$RESULTS/environment.txt"
 import torch, dpfast._extension as extension
 from dpfast.kernels import available_backends
 print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name())
@@ -45,62 +129,89 @@ except ImportError as error:
 print("CUDA extension:", "loaded" if extension.cuda_extension_loaded() else extension.extension_error("cuda"))
 print("backends on cuda:", available_backends("cuda"))
 EOF
-
-section "kernel tests (CPU and CUDA)"
-timed kernel_tests "$PYTHON" -m pytest tests/kernels -q -rs -p no:cacheprovider --junitxml="$OUT/kernel_tests.xml"
-
-section "compute-sanitizer memcheck on the CUDA kernel tests"
-if command -v compute-sanitizer >/dev/null 2>&1; then
-  timed sanitizer compute-sanitizer --tool memcheck --error-exitcode 1 --target-processes all \
-    "$PYTHON" -m pytest tests/kernels/test_reverse_step.py tests/kernels/test_dps_update.py -q -p no:cacheprovider \
-    -k "cuda-cuda and (image_odd or vector or image_superres or chain_ends or non_contiguous)"
-else
-  echo "compute-sanitizer not found; skipped"
-  record sanitizer skipped 0
 fi
 
-section "kernel benchmarks on CUDA (eager torch vs cuda vs triton vs device-to-device copy)"
-timed benchmarks env DPFAST_BENCH_DEVICE=cuda DPFAST_BENCH_TABLE="$OUT/kernels_cuda.md" \
-  "$PYTHON" -m pytest bench/bench_kernels.py -q -p no:cacheprovider \
-  --benchmark-columns=min,median,rounds --benchmark-json="$OUT/kernels_cuda.json"
+if wanted kernel_tests; then
+  section "CUDA kernel tests (the CPU ones run in CI)"
+  timed kernel_tests 180 "$PYTHON" -m pytest tests/kernels -q -rs -p no:cacheprovider -k cuda --junitxml="$RESULTS/kernel_tests.xml"
+fi
 
-section "sampler modes on CUDA (eager vs compile vs cudagraph restorations, bf16 finite)"
-timed sampler_tests "$PYTHON" -m pytest tests/test_sampler_modes.py -q -rs -p no:cacheprovider
-
-section "sampler benchmarks on CUDA (FFHQ-256 ADM random weights b1/b8, Fashion-MNIST b64; naive loop; deepinv if installed)"
-timed sampler_bench env DPFAST_BENCH_DEVICE=cuda DPFAST_BENCH_TABLE="$OUT/sampler_cuda.md" \
-  "$PYTHON" -m pytest bench/bench_sampler.py -q -p no:cacheprovider \
-  --benchmark-columns=min,median,rounds --benchmark-json="$OUT/sampler_cuda.json"
-
-section "train the built-in model on the GPU (DPFAST_GPU_TRAIN_SECONDS, default 240; 0 skips)"
-# The GPU machine has no dataset package: copy the four Fashion-MNIST .gz files into
-# .data/fashion-mnist/ (git-ignored) and carry that folder with the run. The run stops
-# after the time limit (SIGTERM: the trainer checkpoints and exits) and its EMA weights come
-# back as $OUT/builtin_fmnist.safetensors, to compare with the shipped ones.
-TRAIN_SECONDS=${DPFAST_GPU_TRAIN_SECONDS:-240}
-export DPFAST_FASHION_MNIST_DIR=${DPFAST_FASHION_MNIST_DIR:-.data/fashion-mnist}
-if [ "$TRAIN_SECONDS" -gt 0 ] && [ -f "$DPFAST_FASHION_MNIST_DIR/train-images-idx3-ubyte.gz" ]; then
-  start=$SECONDS
-  timeout -s TERM "$TRAIN_SECONDS" "$PYTHON" -m dpfast.train --out "$OUT/builtin_run" --steps 30000 --batch 128 \
-    --device cuda --precision auto --checkpoint-minutes 1 --log-every 200 >"$OUT/train.log" 2>&1
-  tail -n 3 "$OUT/train.log"
-  if "$PYTHON" -m dpfast.train --out "$OUT/builtin_run" --export "$OUT/builtin_fmnist.safetensors"; then
-    record train "pass ($(tail -n 1 "$OUT/builtin_run/log.csv" | cut -d, -f1) steps)" "$((SECONDS - start))"
+if wanted sanitizer; then
+  section "compute-sanitizer memcheck on some CUDA kernel tests"
+  if command -v compute-sanitizer >/dev/null 2>&1; then
+    timed sanitizer 90 compute-sanitizer --tool memcheck --error-exitcode 1 --target-processes all \
+      "$PYTHON" -m pytest tests/kernels/test_reverse_step.py tests/kernels/test_dps_update.py -q -p no:cacheprovider \
+      -k "cuda-cuda and (image_odd or vector or image_superres or chain_ends or non_contiguous)"
   else
-    record train FAIL "$((SECONDS - start))"
+    echo "compute-sanitizer not found; skipped"
+    record sanitizer skipped 0
   fi
-else
-  echo "skipped (DPFAST_GPU_TRAIN_SECONDS=$TRAIN_SECONDS, data in $DPFAST_FASHION_MNIST_DIR)"
-  record train skipped 0
+fi
+
+if wanted sampler_tests; then
+  section "sampler on CUDA (cudagraph equals eager; bf16 over 1000 steps finite, near fp32, flat memory)"
+  timed sampler_tests 150 "$PYTHON" -m pytest tests/test_sampler_modes.py -q -rs -p no:cacheprovider -k cudagraph
+fi
+
+# ------------------------------------------------------------------ benchmarks (the GPU to themselves)
+if [ "$TRAINING" = 1 ]; then
+  section "pausing training for the benchmarks"
+  train_stop
+fi
+
+if wanted sampler_bench; then
+  section "sampler benchmarks on CUDA (FFHQ-256 ADM random weights b1/b8, Fashion-MNIST b64; naive loop; deepinv if installed)"
+  timed sampler_bench 240 env DPFAST_BENCH_DEVICE=cuda DPFAST_BENCH_TABLE="$RESULTS/sampler_cuda.md" \
+    "$PYTHON" -m pytest bench/bench_sampler.py -q -p no:cacheprovider \
+    --benchmark-columns=min,median,rounds --benchmark-json="$RESULTS/sampler_cuda.json"
+fi
+
+if wanted network_bench; then
+  section "the network alone on CUDA (FFHQ-256 b8 forward+VJP: fp32/bf16 x NCHW/channels_last x cuDNN heuristic/autotuned)"
+  timed network_bench 150 env DPFAST_BENCH_DEVICE=cuda DPFAST_BENCH_TABLE="$RESULTS/network_cuda.md" \
+    "$PYTHON" -m pytest bench/bench_network.py -q -p no:cacheprovider \
+    --benchmark-columns=min,median,rounds --benchmark-json="$RESULTS/network_cuda.json"
+fi
+
+if wanted kernel_bench; then
+  section "kernel benchmarks on CUDA (eager torch vs cuda vs triton vs device-to-device copy)"
+  timed kernel_bench 120 env DPFAST_BENCH_DEVICE=cuda DPFAST_BENCH_TABLE="$RESULTS/kernels_cuda.md" \
+    "$PYTHON" -m pytest bench/bench_kernels.py -q -p no:cacheprovider \
+    --benchmark-columns=min,median,rounds --benchmark-json="$RESULTS/kernels_cuda.json"
+fi
+
+# ------------------------------------------------------------------ training until the deadline
+if [ "$TRAINING" = 1 ]; then
+  section "training until the deadline"
+  if [ "$(left)" -gt 30 ]; then
+    train_start
+    while kill -0 "$TRAIN_PID" 2>/dev/null && [ "$(left)" -gt 0 ]; do sleep 2; done
+    train_stop
+  fi
+  if "$PYTHON" -m dpfast.train --out "$TRAIN_DIR" --export "$RESULTS/builtin_fmnist.safetensors"; then
+    record train "pass ($(grep -o 'at step [0-9]*' "$RESULTS/train.log" | tail -n 1))" "$TRAIN_SECONDS"
+  else
+    record train FAIL "$TRAIN_SECONDS"
+  fi
+  grep -E "^(resumed|training|saved)" "$RESULTS/train.log"
+fi
+
+# ------------------------------------------------------------------ back to the caller
+if [ -n "${OUT:-}" ] && [ "$OUT" != "$RESULTS" ]; then
+  tar czf "$OUT/gpu_check.tar.gz" -C "$RESULTS" --exclude=checkpoint.pt .
+  if [ -f "$TRAIN_DIR/checkpoint.pt" ]; then
+    split -b 15M "$TRAIN_DIR/checkpoint.pt" "$OUT/checkpoint.pt.part-"
+  fi
+  ls -la "$OUT"
 fi
 
 section "summary"
-printf '%-14s %-12s %8s\n' section status seconds
+printf '%-14s %-18s %8s\n' section status seconds
 for row in "${SUMMARY[@]}"; do
   IFS='|' read -r name status seconds <<<"$row"
-  printf '%-14s %-12s %8s\n' "$name" "$status" "$seconds"
+  printf '%-14s %-18s %8s\n' "$name" "$status" "$seconds"
 done
-for table in "$OUT/kernels_cuda.md" "$OUT/sampler_cuda.md"; do
+for table in "$RESULTS/kernels_cuda.md" "$RESULTS/sampler_cuda.md" "$RESULTS/network_cuda.md"; do
   if [ -f "$table" ]; then
     echo
     cat "$table"

@@ -287,28 +287,26 @@ def run_provider(workload: Workload, provider: str, device, model=None, log: Cal
     paired()  # warm-up, not counted
     paired.reset()
     seconds = []
-    peak = _reset_peak_memory(device)
     for round_index in range(workload.rounds):
         paired()
         start = time.perf_counter()
         run()
         seconds.append(time.perf_counter() - start)
         log(f"  {workload.name} {provider}: round {round_index + 1}/{workload.rounds} {seconds[-1]:.2f} s")
-    peak_bytes = _peak_memory(device, peak)
-    return result_row(workload, provider, seconds, paired, compile_seconds, peak_bytes,
+    return result_row(workload, provider, seconds, paired, compile_seconds, peak_memory(run, device),
                       flops, matmul_ceiling(device, network_dtype(provider)))
 
 
-def _reset_peak_memory(device) -> int | None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        return 0
-    return None
-
-
-def _peak_memory(device, started) -> int | None:
-    if started is None:
+def peak_memory(run: Callable, device) -> int | None:
+    """Peak CUDA memory allocated during one more call of ``run``, what was already held
+    (weights, static buffers) included: the memory a restoration at this batch needs.
+    None off CUDA."""
+    if torch.device(device).type != "cuda":
         return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    run()
+    torch.cuda.synchronize()
     return int(torch.cuda.max_memory_allocated())
 
 
@@ -333,6 +331,10 @@ def summary_table(rows: Sequence[dict], device, timer: str = "time.perf_counter"
         versions += f", deepinv {deepinv.__version__}"
     except ImportError:
         pass
+    if torch.device(device).type == "cuda":
+        # float32 on CUDA means TF32 tensor cores wherever these are on (cuDNN's is by default)
+        versions += (f", CUDA {torch.version.cuda}; TF32 in cuDNN {torch.backends.cudnn.allow_tf32}, "
+                     f"in matmuls {torch.backends.cuda.matmul.allow_tf32}")
     lines = [
         f"device: {torch.device(device).type} ({device_name(device)}); {versions}; timer {timer}; {datetime.date.today()}",
         "",
@@ -353,6 +355,11 @@ def summary_table(rows: Sequence[dict], device, timer: str = "time.perf_counter"
             f"{1e3 * r['network']:.1f} | {per_step / r['network'] - 1:+.0%} | {r['eager'] / r['seconds']:.2f}x | "
             f"{compile_seconds} | {peak} | {rate} | {share} |"
         )
+    naive = {r["workload"]: r["seconds"] / r["steps"] for r in rows if r["provider"] == "naive-fp32"}
+    if naive:
+        lines += ["", "speedup over naive-fp32 (same run, fastest rounds): " + "; ".join(
+            f"{r['workload']} {r['provider']} {naive[r['workload']] / (r['seconds'] / r['steps']):.2f}x"
+            for r in rows if r["workload"] in naive and r["provider"] != "naive-fp32")]
     ceilings = sorted({(str(network_dtype(r["provider"])).removeprefix("torch."), r["ceiling"]) for r in rows if r.get("ceiling")})
     if ceilings:
         lines += ["", "TFLOP/s: the network's forward+VJP operations (torch FlopCounterMode) per second of restoration; "
