@@ -4,22 +4,24 @@ Each experiment is a module here with ``run(out_dir, quick=False, seed=0) -> dic
 prints a progress line per unit of work and a short table, writes its figures (PNG)
 and a JSON of its numbers into ``out_dir``, and returns the numbers.
 
-=============  =====================================================================
-``gmm_1d``     1-D Gaussian-mixture prior, y = −0.6, exact conditional score:
-               trajectories, end points vs the posterior, W2/KL-vs-MSE curves
-``gaussian``   Gaussian prior in d = 4, linear A: the λ sweep's (MSE, W2) points on
-               the theoretical curve D(P) = tr S + (√tr S − P)²
-``pinwheel``   2-D pinwheel data, a small MLP ε-model, DPS: λ sweep against
-               averaging N posterior samples and a DDIM-η sweep
-``images``     held-out Fashion-MNIST test images, the built-in model: denoising,
-               deblurring, ×4 SR; λ sweep (ζ per λ searched on training images)
-               against averaging N DPS samples and DDIM-η; MSE/PSNR/SSIM/FD. The
-               full size (256 images, 100 steps) is GPU work — about a day on a
-               2-core CPU; ``--quick`` is the tests' 4-image version
-``score_swap`` the demo's denoising with four scores (the built-in network, the exact
-               score of a Gaussian fitted to the training set, and the two mixed at
-               t = 600 / 300): is λ = 0's poor MSE the method's fault or the network's?
-=============  =====================================================================
+===============  ===================================================================
+``gmm_1d``       1-D Gaussian-mixture prior, y = −0.6, exact conditional score:
+                 trajectories, end points vs the posterior, W2/KL-vs-MSE curves
+``gaussian``     Gaussian prior in d = 4, linear A: the λ sweep's (MSE, W2) points on
+                 the theoretical curve D(P) = tr S + (√tr S − P)²
+``pinwheel``     2-D pinwheel data, a small MLP ε-model, DPS: λ sweep against
+                 averaging N posterior samples and a DDIM-η sweep
+``images``       held-out Fashion-MNIST test images, the built-in model: denoising,
+                 deblurring, ×4 SR; λ sweep (ζ per λ searched on training images)
+                 against averaging N DPS samples and DDIM-η; MSE/PSNR/SSIM/FD. The
+                 full size (256 images, 100 steps) is GPU work — about a day on a
+                 2-core CPU; ``--quick`` is the tests' 4-image version
+``score_swap``   the demo's denoising with four scores (the built-in network, the exact
+                 score of a Gaussian fitted to the training set, and the two mixed at
+                 t = 600 / 300): is λ = 0's poor MSE the method's fault or the network's?
+``sensitivity``  the demo's deblurring with the network's output perturbed by rounding-sized
+                 noise: how far each λ's restoration moves (bf16 vs float32 on a GPU)
+===============  ===================================================================
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ EXPERIMENTS = {
     "pinwheel": "dpfast.experiments.pinwheel",
     "images": "dpfast.experiments.images",
     "score_swap": "dpfast.experiments.score_swap",
+    "sensitivity": "dpfast.experiments.sensitivity",
 }
 
 
