@@ -31,9 +31,9 @@ LAMS = (0.0, 0.25, 0.5, 0.75, 1.0)
 # (the β-scaled step's strong early pushes blew the blur's ill-conditioned directions up:
 # MSE 0.20–0.49 against 0.09).
 DEMO_TASKS = (
-    ImageTask("denoise", sigma_n=0.2, zeta={0.0: 160.0, 1.0: 80.0}),
-    ImageTask("deblur", sigma_n=0.05, zeta=1.0, zeta_schedule="constant"),
-    ImageTask("sr4", sigma_n=0.05, zeta={0.0: 160.0, 1.0: 40.0}),
+    ImageTask("denoise", sigma_n=0.2, zeta={0.0: 320.0, 1.0: 160.0}),
+    ImageTask("deblur", sigma_n=0.05, zeta=3.0, zeta_schedule="constant"),
+    ImageTask("sr4", sigma_n=0.05, zeta={0.0: 160.0, 1.0: 80.0}),
 )
 DEFAULT_STEPS = 60  # 8 images × 5 λ × 3 tasks at ~1 s per step on 2 AVX2 cores: ~3 minutes
 # The grids `dpfast demo --search-step-sizes` searches per task kind (DEMO_TASKS holds its winners).
