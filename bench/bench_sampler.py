@@ -12,6 +12,8 @@ only ever compare figures taken in the same rounds. The module ends with a table
 and images/s from the fastest round, the median, the network's forward+VJP, overhead,
 speedup over eager-fp32, compile time, and the achieved TFLOP/s of the network's work
 against the device's measured matmul ceiling in the network's dtype. ``DPFAST_BENCH_TABLE=path`` writes it to a file.
+``DPFAST_BENCH_PROVIDERS=a,b`` and ``DPFAST_BENCH_WORKLOADS=name,...`` narrow a run (the
+only way to select ``compile-bf16``, which is left out by default).
 """
 from __future__ import annotations
 
@@ -49,8 +51,22 @@ else:
         shared.Workload(FMNIST, (1, 32, 32), batch=64, steps=2, rounds=2),  # eager-bf16 alone: ~4 min here
     ]
 PROVIDERS = [p for p in shared.PROVIDERS if shared.provider_available(p, DEVICE) is None]
+PROVIDERS.remove("compile-bf16")  # the CPU emulates bf16 (minutes per compiled step); on a GPU: select it below
 if DEVICE == "cuda":
     PROVIDERS.remove("compile-fp32")  # minutes of compile per shape: out of a 15-minute GPU budget
+# Narrow a run (gpu_check.sh's compile section): comma-separated provider names / workload names.
+if os.environ.get("DPFAST_BENCH_PROVIDERS"):
+    PROVIDERS = os.environ["DPFAST_BENCH_PROVIDERS"].split(",")
+    for provider in PROVIDERS:
+        reason = shared.provider_available(provider, DEVICE) if provider in shared.PROVIDERS else "unknown provider"
+        if reason is not None:
+            raise ValueError(f"DPFAST_BENCH_PROVIDERS: {provider!r} cannot run here: {reason}")
+if os.environ.get("DPFAST_BENCH_WORKLOADS"):
+    wanted = os.environ["DPFAST_BENCH_WORKLOADS"].split(",")
+    unknown = sorted(set(wanted) - {w.name for w in WORKLOADS})
+    if unknown:
+        raise ValueError(f"DPFAST_BENCH_WORKLOADS: {unknown} not among {[w.name for w in WORKLOADS]}")
+    WORKLOADS = [w for w in WORKLOADS if w.name in wanted]
 
 _MODELS: dict[str, torch.nn.Module] = {}
 _RESULTS: list[dict] = []

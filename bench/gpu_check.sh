@@ -14,7 +14,7 @@
 # Time: the run ends by itself near DPFAST_GPU_DEADLINE seconds (default 540): each
 # section runs under a timeout cut to what is left, and a section with too little left is
 # skipped and says so. DPFAST_GPU_SECTIONS picks sections (default: all, in this order):
-#   install environment kernel_tests sanitizer sampler_tests sampler_bench network_bench kernel_bench train
+#   install environment kernel_tests sanitizer sampler_tests sampler_bench compile_bench network_bench kernel_bench train
 #
 # Training (section "train"): the built-in model trains in the background *while the
 # untimed correctness sections run* (it is stopped before any benchmark), and again after
@@ -30,7 +30,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 RESULTS=${DPFAST_GPU_RESULTS:-/tmp/dpfast_gpu_check}
 DEADLINE=${DPFAST_GPU_DEADLINE:-540}
-SECTIONS=" ${DPFAST_GPU_SECTIONS:-install environment kernel_tests sanitizer sampler_tests sampler_bench network_bench kernel_bench train} "
+SECTIONS=" ${DPFAST_GPU_SECTIONS:-install environment kernel_tests sanitizer sampler_tests sampler_bench compile_bench network_bench kernel_bench train} "
 RESERVE=25  # seconds kept for stopping the trainer, exporting and packing
 mkdir -p "$RESULTS"
 # Triton must compile for the GPU here, not interpret (tests/conftest.py defaults it to 1).
@@ -166,6 +166,14 @@ if wanted sampler_bench; then
     --benchmark-columns=min,median,rounds --benchmark-json="$RESULTS/sampler_cuda.json"
 fi
 
+if wanted compile_bench; then
+  section "compiled step on CUDA (FFHQ-256 b8: compile-bf16 beside naive-fp32 and cudagraph-bf16; compile time reported)"
+  timed compile_bench 300 env DPFAST_BENCH_DEVICE=cuda DPFAST_BENCH_TABLE="$RESULTS/compile_cuda.md" \
+    DPFAST_BENCH_PROVIDERS=naive-fp32,cudagraph-bf16,compile-bf16 DPFAST_BENCH_WORKLOADS=adm-ffhq256-3x256x256-b8 \
+    "$PYTHON" -m pytest bench/bench_sampler.py -q -p no:cacheprovider \
+    --benchmark-columns=min,median,rounds --benchmark-json="$RESULTS/compile_cuda.json"
+fi
+
 if wanted network_bench; then
   section "the network alone on CUDA (FFHQ-256 b8 forward+VJP: fp32/bf16 x NCHW/channels_last x cuDNN heuristic/autotuned)"
   timed network_bench 150 env DPFAST_BENCH_DEVICE=cuda DPFAST_BENCH_TABLE="$RESULTS/network_cuda.md" \
@@ -211,7 +219,7 @@ for row in "${SUMMARY[@]}"; do
   IFS='|' read -r name status seconds <<<"$row"
   printf '%-14s %-18s %8s\n' "$name" "$status" "$seconds"
 done
-for table in "$RESULTS/kernels_cuda.md" "$RESULTS/sampler_cuda.md" "$RESULTS/network_cuda.md"; do
+for table in "$RESULTS/kernels_cuda.md" "$RESULTS/sampler_cuda.md" "$RESULTS/compile_cuda.md" "$RESULTS/network_cuda.md"; do
   if [ -f "$table" ]; then
     echo
     cat "$table"

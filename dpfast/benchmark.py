@@ -3,9 +3,9 @@
 A *workload* is a network, an image shape, a batch and a step count; a *provider* is one
 way to run that restoration:
 
-- ``eager-fp32``, ``eager-bf16``, ``compile-fp32``, ``cudagraph-fp32`` and
-  ``cudagraph-bf16`` (CUDA): a prepared :class:`dpfast.Sampler` in that mode and network
-  precision;
+- ``eager-fp32``, ``eager-bf16``, ``compile-fp32``, ``compile-bf16``, ``cudagraph-fp32``
+  and ``cudagraph-bf16`` (CUDA): a prepared :class:`dpfast.Sampler` in that mode and
+  network precision;
 - ``naive-fp32``: a loop of :func:`dpfast.naive_dps.naive_dps_step`, the way the original
   DPS code works (autograd graph through the whole step every step, separate
   elementwise ops), same seeds, λ and schedule;
@@ -47,7 +47,7 @@ from dpfast.sampler import Sampler
 LAM = 0.5
 ZETA = 1.0
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
-SAMPLER_PROVIDERS = ("eager-fp32", "eager-bf16", "compile-fp32", "cudagraph-fp32", "cudagraph-bf16")
+SAMPLER_PROVIDERS = ("eager-fp32", "eager-bf16", "compile-fp32", "compile-bf16", "cudagraph-fp32", "cudagraph-bf16")
 PROVIDERS = (*SAMPLER_PROVIDERS, "naive-fp32", "deepinv-fp64", "deepinv-fp32")
 
 
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="reverse steps per restoration (default 20; per-step cost is what is compared)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per provider; the fastest is reported (default 3)")
     parser.add_argument("--providers", default=None,
-                        help=f"comma-separated, from {','.join(PROVIDERS)} (default: every one that can run here but compile)")
+                        help=f"comma-separated, from {','.join(PROVIDERS)} (default: every one that can run here but the compile ones)")
     parser.add_argument("--device", default="auto", help="auto (cuda when visible), cpu or cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--out", default=None, help="also write the table (markdown) to this file")
@@ -412,7 +412,7 @@ def _bench(args) -> int:
     network = args.network or ("builtin" if BUILTIN_ASSET.is_file() else "adm-fmnist")
     image = (3, 256, 256) if network == "adm-ffhq256" else (1, 32, 32)
     if args.providers is None:
-        providers = [p for p in PROVIDERS if p != "compile-fp32" and provider_available(p, device) is None]
+        providers = [p for p in PROVIDERS if not p.startswith("compile-") and provider_available(p, device) is None]
         if device.type == "cpu":
             providers.remove("eager-bf16")  # 6-34x slower than fp32 without AVX-512-bf16 (docs/BENCHMARKS.md)
     else:
