@@ -56,11 +56,7 @@ if DEVICE == "cuda":
     PROVIDERS.remove("compile-fp32")  # minutes of compile per shape: out of a 15-minute GPU budget
 # Narrow a run (gpu_check.sh's compile section): comma-separated provider names / workload names.
 if os.environ.get("DPFAST_BENCH_PROVIDERS"):
-    PROVIDERS = os.environ["DPFAST_BENCH_PROVIDERS"].split(",")
-    for provider in PROVIDERS:
-        reason = shared.provider_available(provider, DEVICE) if provider in shared.PROVIDERS else "unknown provider"
-        if reason is not None:
-            raise ValueError(f"DPFAST_BENCH_PROVIDERS: {provider!r} cannot run here: {reason}")
+    PROVIDERS = shared.parse_providers(os.environ["DPFAST_BENCH_PROVIDERS"], DEVICE, "DPFAST_BENCH_PROVIDERS")
 if os.environ.get("DPFAST_BENCH_WORKLOADS"):
     wanted = os.environ["DPFAST_BENCH_WORKLOADS"].split(",")
     unknown = sorted(set(wanted) - {w.name for w in WORKLOADS})

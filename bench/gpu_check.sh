@@ -159,33 +159,35 @@ if [ "$TRAINING" = 1 ]; then
   train_stop
 fi
 
+cuda_bench() {  # cuda_bench NAME CAP MODULE [VAR=VALUE ...]: bench/MODULE on CUDA; table and JSON as $RESULTS/NAME.*
+  local name=$1 cap=$2 module=$3
+  shift 3
+  timed "$name" "$cap" env DPFAST_BENCH_DEVICE=cuda DPFAST_BENCH_TABLE="$RESULTS/$name.md" "$@" \
+    "$PYTHON" -m pytest "bench/$module" -q -p no:cacheprovider \
+    --benchmark-columns=min,median,rounds --benchmark-json="$RESULTS/$name.json"
+  TABLES+=("$RESULTS/$name.md")
+}
+TABLES=()
+
 if wanted sampler_bench; then
   section "sampler benchmarks on CUDA (FFHQ-256 ADM random weights b1/b8, Fashion-MNIST b64; naive loop; deepinv if installed)"
-  timed sampler_bench 240 env DPFAST_BENCH_DEVICE=cuda DPFAST_BENCH_TABLE="$RESULTS/sampler_cuda.md" \
-    "$PYTHON" -m pytest bench/bench_sampler.py -q -p no:cacheprovider \
-    --benchmark-columns=min,median,rounds --benchmark-json="$RESULTS/sampler_cuda.json"
+  cuda_bench sampler_bench 240 bench_sampler.py
 fi
 
 if wanted compile_bench; then
   section "compiled step on CUDA (FFHQ-256 b8: compile-bf16 beside naive-fp32 and cudagraph-bf16; compile time reported)"
-  timed compile_bench 300 env DPFAST_BENCH_DEVICE=cuda DPFAST_BENCH_TABLE="$RESULTS/compile_cuda.md" \
-    DPFAST_BENCH_PROVIDERS=naive-fp32,cudagraph-bf16,compile-bf16 DPFAST_BENCH_WORKLOADS=adm-ffhq256-3x256x256-b8 \
-    "$PYTHON" -m pytest bench/bench_sampler.py -q -p no:cacheprovider \
-    --benchmark-columns=min,median,rounds --benchmark-json="$RESULTS/compile_cuda.json"
+  cuda_bench compile_bench 300 bench_sampler.py \
+    DPFAST_BENCH_PROVIDERS=naive-fp32,cudagraph-bf16,compile-bf16 DPFAST_BENCH_WORKLOADS=adm-ffhq256-3x256x256-b8
 fi
 
 if wanted network_bench; then
   section "the network alone on CUDA (FFHQ-256 b8 forward+VJP: fp32/bf16 x NCHW/channels_last x cuDNN heuristic/autotuned)"
-  timed network_bench 150 env DPFAST_BENCH_DEVICE=cuda DPFAST_BENCH_TABLE="$RESULTS/network_cuda.md" \
-    "$PYTHON" -m pytest bench/bench_network.py -q -p no:cacheprovider \
-    --benchmark-columns=min,median,rounds --benchmark-json="$RESULTS/network_cuda.json"
+  cuda_bench network_bench 150 bench_network.py
 fi
 
 if wanted kernel_bench; then
   section "kernel benchmarks on CUDA (eager torch vs cuda vs triton vs device-to-device copy)"
-  timed kernel_bench 120 env DPFAST_BENCH_DEVICE=cuda DPFAST_BENCH_TABLE="$RESULTS/kernels_cuda.md" \
-    "$PYTHON" -m pytest bench/bench_kernels.py -q -p no:cacheprovider \
-    --benchmark-columns=min,median,rounds --benchmark-json="$RESULTS/kernels_cuda.json"
+  cuda_bench kernel_bench 120 bench_kernels.py
 fi
 
 # ------------------------------------------------------------------ training until the deadline
@@ -219,7 +221,7 @@ for row in "${SUMMARY[@]}"; do
   IFS='|' read -r name status seconds <<<"$row"
   printf '%-14s %-18s %8s\n' "$name" "$status" "$seconds"
 done
-for table in "$RESULTS/kernels_cuda.md" "$RESULTS/sampler_cuda.md" "$RESULTS/compile_cuda.md" "$RESULTS/network_cuda.md"; do
+for table in "${TABLES[@]}"; do
   if [ -f "$table" ]; then
     echo
     cat "$table"

@@ -229,6 +229,18 @@ def provider_available(provider: str, device) -> str | None:
     return None
 
 
+def parse_providers(text: str, device, source: str) -> list[str]:
+    """Comma-separated provider names, each known and able to run on ``device``; errors name ``source``."""
+    providers = [p.strip() for p in text.split(",")]
+    for provider in providers:
+        if provider not in PROVIDERS:
+            raise ValueError(f"{source}: {provider!r} is not one of {','.join(PROVIDERS)}")
+        reason = provider_available(provider, device)
+        if reason:
+            raise ValueError(f"{source}: {provider} cannot run here: {reason}")
+    return providers
+
+
 class PairedTimer:
     """Times the references (network forward+VJP, eager-fp32) right before each round."""
 
@@ -416,13 +428,7 @@ def _bench(args) -> int:
         if device.type == "cpu":
             providers.remove("eager-bf16")  # 6-34x slower than fp32 without AVX-512-bf16 (docs/BENCHMARKS.md)
     else:
-        providers = [p.strip() for p in args.providers.split(",")]
-        for provider in providers:
-            if provider not in PROVIDERS:
-                raise ValueError(f"--providers: {provider!r} is not one of {','.join(PROVIDERS)}")
-            reason = provider_available(provider, device)
-            if reason:
-                raise ValueError(f"--providers: {provider} cannot run here: {reason}")
+        providers = parse_providers(args.providers, device, "--providers")
     log = (lambda message: None) if args.quiet else (lambda message: print(message, flush=True))
     model = build_model(network, image, device)
     rows = []
