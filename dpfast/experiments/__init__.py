@@ -15,7 +15,8 @@ and a JSON of its numbers into ``out_dir``, and returns the numbers.
                  deblurring, ×4 SR; λ sweep (ζ per λ searched on training images)
                  against averaging N DPS samples and DDIM-η; MSE/PSNR/SSIM/FD. The
                  full size (256 images, 100 steps) is GPU work — about a day on a
-                 2-core CPU; ``--quick`` is the tests' 4-image version
+                 2-core CPU; ``--medium`` (32 images, 50 steps, resumable) fits a
+                 CPU session; ``--quick`` is the tests' 4-image version
 ``score_swap``   the demo's denoising with four scores (the built-in network, the exact
                  score of a Gaussian fitted to the training set, and the two mixed at
                  t = 600 / 300): is λ = 0's poor MSE the method's fault or the network's?
@@ -47,8 +48,14 @@ def load(name: str) -> ModuleType:
     return importlib.import_module(EXPERIMENTS[name])
 
 
-def run(name: str, out_dir, quick: bool = False, seed: int = 0) -> dict:
+SIZED = {"images": "MEDIUM"}  # experiments with a size between --quick and the full run: its Settings name
+
+
+def run(name: str, out_dir, quick: bool = False, seed: int = 0, medium: bool = False) -> dict:
     """Run experiment ``name``; see each module's ``run`` for what it writes and returns.
+
+    ``medium`` picks the CPU-session size of the experiments in :data:`SIZED` (an error
+    for the others, and together with ``quick``).
 
     Example:
         >>> from dpfast import experiments
@@ -56,6 +63,13 @@ def run(name: str, out_dir, quick: bool = False, seed: int = 0) -> dict:
         >>> [row["lam"] for row in results["sweep"]]  # doctest: +SKIP
         [0.0, 0.25, 0.5, 0.75, 1.0]
     """
+    if medium:
+        if quick:
+            raise ValueError("quick and medium exclude each other: pick one size")
+        if name not in SIZED:
+            raise ValueError(f"medium: only {sorted(SIZED)} have a medium size, got {name!r}")
+        module = load(name)
+        return module.run(out_dir, seed=seed, settings=getattr(module, SIZED[name]))
     return load(name).run(out_dir, quick=quick, seed=seed)
 
 
@@ -68,15 +82,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="+", choices=[*EXPERIMENTS, "all"], metavar="NAME",
                         help=f"experiment(s) to run: {', '.join(EXPERIMENTS)} or all")
     parser.add_argument("-o", "--out", default="experiments_out", help="output folder (default: experiments_out)")
-    parser.add_argument("--quick", action="store_true", help="the small, fast version used by the tests")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="the small, fast version used by the tests")
+    size.add_argument("--medium", action="store_true",
+                      help=f"a size that fits a CPU session (only {', '.join(SIZED)}: 32 images, 50 steps; resumable)")
     parser.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
     args = parser.parse_args(argv)
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
     names = list(EXPERIMENTS) if "all" in args.names else list(dict.fromkeys(args.names))
+    if args.medium and any(name not in SIZED for name in names):
+        parser.error(f"--medium: only {', '.join(SIZED)} have a medium size, got {' '.join(names)}")
+    size = "quick" if args.quick else "medium" if args.medium else "full"
     for name in names:
         started = time.perf_counter()
-        print(f"== {name} ({'quick' if args.quick else 'full'}, seed {args.seed}) -> {args.out}", flush=True)
-        run(name, args.out, quick=args.quick, seed=args.seed)
+        print(f"== {name} ({size}, seed {args.seed}) -> {args.out}", flush=True)
+        run(name, args.out, quick=args.quick, seed=args.seed, medium=args.medium)
         print(f"== {name} done in {time.perf_counter() - started:.1f} s", flush=True)
     return 0

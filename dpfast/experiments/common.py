@@ -83,6 +83,11 @@ class Progress:
         seconds = time.perf_counter() - self.started
         print(f"[{self.name}] {self.done}/{self.total} {what} ({seconds:.1f} s)", flush=True)
 
+    def skip(self, units: int, what: str) -> None:
+        """Count ``units`` of work done earlier (a resumed run) with one line."""
+        self.done += units - 1
+        self.step(what)
+
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence], digits: int = 4) -> None:
     """A plain fixed-width table on stdout (numbers rounded to ``digits`` decimals)."""

@@ -27,6 +27,8 @@ task, with the baselines).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, replace
@@ -97,14 +99,27 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
         print(f"[{NAME}] deepinv is not installed (pip install dpfast[bench]): its α baseline is skipped", flush=True)
     progress = common.Progress(NAME, len(settings.tasks) * (5 if with_deepinv else 4))
     results = {"tasks": {}, "settings": _settings_dict(settings)}
+    partial_path = out_dir / f"{NAME}.partial.json"
+    run_key = {"settings": results["settings"], "seed": seed, "model_sha256": _weights_digest(model)}
+    done = _resume(partial_path, run_key)
     for task in settings.tasks:
-        results["tasks"][task.name] = _run_task(model, task, test, train, settings, seed, progress)
-        if with_deepinv:
-            results["tasks"][task.name]["deepinv"] = _deepinv_series(model, task, test, train, settings, seed, progress)
+        entry = done.get(task.name)
+        if entry is None:
+            entry = _run_task(model, task, test, train, settings, seed, progress)
+        else:
+            progress.skip(4, f"{task.name}: λ sweep and baselines read back from {partial_path.name}")
+        results["tasks"][task.name] = entry
+        common.write_json(partial_path, {"key": run_key, "tasks": results["tasks"]})
+        if with_deepinv and "deepinv" not in entry:
+            entry["deepinv"] = _deepinv_series(model, task, test, train, settings, seed, progress)
+            common.write_json(partial_path, {"key": run_key, "tasks": results["tasks"]})
+        elif with_deepinv:
+            progress.skip(1, f"{task.name}: deepinv DPS α baseline read back from {partial_path.name}")
     _plot(results, out_dir / f"{NAME}_dp_curve.png")
     results["figures"] = [f"{NAME}_dp_curve.png"]
     results["meta"] = common.run_metadata(NAME, quick, seed, started)
     common.write_json(out_dir / f"{NAME}.json", results)
+    partial_path.unlink(missing_ok=True)
     for name, task_results in results["tasks"].items():
         rows = [(f"λ = {row['lam']:g} ({'c' if row['zeta'][0] == 'beta' else 'ζ'} {row['zeta'][1]:g})", row)
                 for row in task_results["lam_sweep"]]
@@ -168,6 +183,31 @@ def _deepinv_series(model, task: ImageTask, test, train, settings: Settings, see
             zip(dp_rows(test, torch.stack(restored), settings.deepinv_alphas), settings.deepinv_alphas, weights)]
     progress.step(f"{task.name}: deepinv DPS α baseline (weights {weights})")
     return rows
+
+
+def _weights_digest(model) -> str:
+    """SHA-256 of the network's parameters and buffers: a resumed run must use the same weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _resume(partial_path: Path, run_key: dict) -> dict:
+    """The finished tasks of an interrupted run with the same settings, seed and weights (else none).
+
+    A run writes ``images.partial.json`` after every task (and every deepinv series), so a
+    long CPU run killed part-way loses at most one task's work when started again.
+    """
+    if not partial_path.exists():
+        return {}
+    saved = json.loads(partial_path.read_text())
+    if saved.get("key") != json.loads(json.dumps(run_key)):
+        print(f"[{NAME}] {partial_path} is from a run with other settings, seed or weights: starting afresh", flush=True)
+        return {}
+    print(f"[{NAME}] resuming: {len(saved['tasks'])} task(s) read back from {partial_path}", flush=True)
+    return saved["tasks"]
 
 
 def _settings_dict(settings: Settings) -> dict:

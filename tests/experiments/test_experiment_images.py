@@ -3,6 +3,7 @@ writes every series, and a 30-step run of the same task checks the tradeoff itse
 
 Needs the built-in model's weights and the Fashion-MNIST dataset (`.ci/run` installs it).
 """
+import json
 import math
 from dataclasses import replace
 
@@ -40,6 +41,7 @@ def test_quick_run_writes_every_series_and_the_figure(quick_run):
         for row in task[series]:
             assert row["mse"] > 0 and row["fd"] >= 0 and 0 < row["ssim"] <= 1
     assert (tmp_path / "images.json").is_file() and (tmp_path / "images_dp_curve.png").stat().st_size > 5_000
+    assert not (tmp_path / "images.partial.json").exists()  # removed once the run is complete
     # averaging one λ = 1 draw is the λ = 1 point itself
     assert task["averaging"][0]["mse"] == pytest.approx(task["lam_sweep"][-1]["mse"], rel=1e-6)
 
@@ -60,3 +62,46 @@ def test_lam_zero_has_the_lower_mse_and_lam_one_the_lower_fd(tmp_path):
     zero, one = task["lam_sweep"]
     assert zero["mse"] < one["mse"], task["lam_sweep"]
     assert one["fd"] < zero["fd"], task["lam_sweep"]
+
+
+# Two denoising tasks, 2 images, 4 steps, no deepinv: the smallest run with something to resume.
+TWO_TASKS = replace(images.QUICK, images=2, steps=4, zeta_factors=(1.0,), constant_zetas=(), search_images=2,
+                    average_counts=(1,), deepinv_alphas=(), tasks=images.TASKS[:2])
+
+
+def test_an_interrupted_run_resumes_without_redoing_finished_tasks(tmp_path, monkeypatch):
+    real_run_task, calls = images._run_task, []
+
+    def interrupted_after_the_first_task(model, task, *args):
+        calls.append(task.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed part-way")
+        return real_run_task(model, task, *args)
+
+    monkeypatch.setattr(images, "_run_task", interrupted_after_the_first_task)
+    with pytest.raises(KeyboardInterrupt):
+        images.run(tmp_path, settings=TWO_TASKS)
+    partial = json.loads((tmp_path / "images.partial.json").read_text())
+    assert list(partial["tasks"]) == [images.TASKS[0].name]
+
+    def counted(model, task, *args):
+        calls.append(task.name)
+        return real_run_task(model, task, *args)
+
+    calls.clear()
+    monkeypatch.setattr(images, "_run_task", counted)
+    results = images.run(tmp_path, settings=TWO_TASKS)
+    assert calls == [images.TASKS[1].name]  # the first task was read back, not recomputed
+    assert results["tasks"][images.TASKS[0].name] == partial["tasks"][images.TASKS[0].name]
+    assert not (tmp_path / "images.partial.json").exists()
+
+
+def test_a_partial_file_from_other_settings_is_not_reused(tmp_path, monkeypatch, capsys):
+    stale = {"key": {"settings": {}, "seed": 0, "model_sha256": "0"}, "tasks": {images.TASKS[0].name: {"lam_sweep": []}}}
+    (tmp_path / "images.partial.json").write_text(json.dumps(stale))
+    calls = []
+    real_run_task = images._run_task
+    monkeypatch.setattr(images, "_run_task", lambda model, task, *args: calls.append(task.name) or real_run_task(model, task, *args))
+    images.run(tmp_path, settings=TWO_TASKS, seed=3)
+    assert calls == [task.name for task in images.TASKS[:2]]
+    assert "starting afresh" in capsys.readouterr().out
