@@ -138,7 +138,7 @@ def _print_summary(request):
     lines = [
         f"network forward+VJP alone: {WORKLOAD.name}, {_STATE['flops'] / 1e12:.2f} TFLOP per call; "
         f"{shared.device_name('cuda')}; torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}; "
-        f"TF32 in cuDNN {torch.backends.cudnn.allow_tf32}",
+        f"TF32 in cuDNN {torch.backends.cudnn.allow_tf32} (and then in float32's matmul ceiling too)",
         "",
         "| dtype | layout | cuDNN algorithms | 2×2 pool | min ms | median ms | TFLOP/s | of matmul ceiling |",
         "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |",

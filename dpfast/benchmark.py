@@ -152,9 +152,15 @@ _CEILINGS: dict[tuple[str, torch.dtype], float] = {}
 def matmul_ceiling(device, dtype: torch.dtype, size: int | None = None, repeats: int = 10) -> float:
     """The best FLOP/s of ``size``² × ``size``² matmuls on ``device`` in ``dtype`` (default
     size 8192 on CUDA, 1024 on the CPU; best of 5 timings of ``repeats`` products each),
-    cached per device and dtype for the default size."""
+    cached per device, dtype and TF32 setting for the default size.
+
+    float32 on CUDA is measured with TF32 matmuls exactly when cuDNN's convolutions use
+    TF32 (``torch.backends.cudnn.allow_tf32``, on by default): the ceiling of the
+    arithmetic the network's float32 convolutions really run in.
+    """
     device = torch.device(device)
-    key = (str(device), dtype)
+    tf32 = device.type == "cuda" and dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    key = (str(device), dtype, tf32)
     if size is None and key in _CEILINGS:
         return _CEILINGS[key]
     n = size or (8192 if device.type == "cuda" else 1024)
@@ -162,12 +168,17 @@ def matmul_ceiling(device, dtype: torch.dtype, size: int | None = None, repeats:
     a = torch.randn(n, n, device=device, generator=generator).to(dtype)
     b = torch.randn(n, n, device=device, generator=generator).to(dtype)
     product = synchronized(lambda: [torch.mm(a, b) for _ in range(repeats)], device)
-    product()  # warm-up
-    best = math.inf
-    for _ in range(5):
-        start = time.perf_counter()
-        product()
-        best = min(best, time.perf_counter() - start)
+    previous_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        product()  # warm-up
+        best = math.inf
+        for _ in range(5):
+            start = time.perf_counter()
+            product()
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous_tf32
     rate = 2 * n**3 * repeats / best
     if size is None:
         _CEILINGS[key] = rate
@@ -374,8 +385,10 @@ def summary_table(rows: Sequence[dict], device, timer: str = "time.perf_counter"
             for r in rows if r["workload"] in naive and r["provider"] != "naive-fp32")]
     ceilings = sorted({(str(network_dtype(r["provider"])).removeprefix("torch."), r["ceiling"]) for r in rows if r.get("ceiling")})
     if ceilings:
+        tf32 = torch.device(device).type == "cuda" and torch.backends.cudnn.allow_tf32
         lines += ["", "TFLOP/s: the network's forward+VJP operations (torch FlopCounterMode) per second of restoration; "
-                  "matmul ceiling (best square matmul here, in the network's dtype): "
+                  "matmul ceiling (best square matmul here, in the network's dtype"
+                  + ("; float32 in TF32, as cuDNN's convolutions run it" if tf32 else "") + "): "
                   + ", ".join(f"{precision} {rate / 1e12:.3g} TFLOP/s" for precision, rate in ceilings)]
     return lines
 

@@ -73,6 +73,18 @@ def test_matmul_ceiling_is_a_positive_rate_and_caches_only_the_default_size():
     assert benchmark._CEILINGS == cached
 
 
+def test_matmul_ceiling_leaves_the_global_tf32_setting_as_it_found_it():
+    """It switches TF32 matmuls to what cuDNN's convolutions use while it measures, then restores the flag."""
+    previous = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for setting in (True, False):
+            torch.backends.cuda.matmul.allow_tf32 = setting
+            matmul_ceiling("cpu", torch.float32, size=32, repeats=1)
+            assert torch.backends.cuda.matmul.allow_tf32 is setting
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
