@@ -6,6 +6,7 @@ import importlib.metadata
 import io
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -143,9 +144,15 @@ def _cpu_name() -> str:
 
 
 def write_json(path: Path, payload: dict) -> Path:
-    """Write ``payload`` as indented JSON; NaN and infinity become ``null``."""
+    """Write ``payload`` as indented JSON; NaN and infinity become ``null``.
+
+    Written to a temporary file first and renamed into place, so a run killed mid-write
+    leaves the previous file whole (the images run resumes from its partial file).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(payload), indent=2) + "\n")
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text(json.dumps(_finite(payload), indent=2) + "\n")
+    os.replace(staging, path)
     return path
 
 

@@ -105,13 +105,17 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
     for task in settings.tasks:
         entry = done.get(task.name)
         if entry is None:
+            task_started = time.perf_counter()
             entry = _run_task(model, task, test, train, settings, seed, progress)
+            entry["seconds"] = time.perf_counter() - task_started
         else:
             progress.skip(4, f"{task.name}: λ sweep and baselines read back from {partial_path.name}")
         results["tasks"][task.name] = entry
         common.write_json(partial_path, {"key": run_key, "tasks": results["tasks"]})
         if with_deepinv and "deepinv" not in entry:
+            task_started = time.perf_counter()
             entry["deepinv"] = _deepinv_series(model, task, test, train, settings, seed, progress)
+            entry["deepinv_seconds"] = time.perf_counter() - task_started
             common.write_json(partial_path, {"key": run_key, "tasks": results["tasks"]})
         elif with_deepinv:
             progress.skip(1, f"{task.name}: deepinv DPS α baseline read back from {partial_path.name}")
@@ -202,7 +206,11 @@ def _resume(partial_path: Path, run_key: dict) -> dict:
     """
     if not partial_path.exists():
         return {}
-    saved = json.loads(partial_path.read_text())
+    try:
+        saved = json.loads(partial_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        print(f"[{NAME}] {partial_path} cannot be read ({error}): starting afresh", flush=True)
+        return {}
     if saved.get("key") != json.loads(json.dumps(run_key)):
         print(f"[{NAME}] {partial_path} is from a run with other settings, seed or weights: starting afresh", flush=True)
         return {}

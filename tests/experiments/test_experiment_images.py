@@ -93,15 +93,20 @@ def test_an_interrupted_run_resumes_without_redoing_finished_tasks(tmp_path, mon
     results = images.run(tmp_path, settings=TWO_TASKS)
     assert calls == [images.TASKS[1].name]  # the first task was read back, not recomputed
     assert results["tasks"][images.TASKS[0].name] == partial["tasks"][images.TASKS[0].name]
+    assert all(entry["seconds"] > 0 for entry in results["tasks"].values())
     assert not (tmp_path / "images.partial.json").exists()
 
 
-def test_a_partial_file_from_other_settings_is_not_reused(tmp_path, monkeypatch, capsys):
-    stale = {"key": {"settings": {}, "seed": 0, "model_sha256": "0"}, "tasks": {images.TASKS[0].name: {"lam_sweep": []}}}
-    (tmp_path / "images.partial.json").write_text(json.dumps(stale))
+STALE = json.dumps({"key": {"settings": {}, "seed": 0, "model_sha256": "0"}, "tasks": {images.TASKS[0].name: {"lam_sweep": []}}})
+
+
+@pytest.mark.parametrize("stale, message", [(STALE, "from a run with other settings"), (STALE[:40], "cannot be read")],
+                         ids=["other-settings", "cut-short"])
+def test_a_partial_file_from_other_settings_or_broken_is_not_reused(tmp_path, monkeypatch, capsys, stale, message):
+    (tmp_path / "images.partial.json").write_text(stale)
     calls = []
     real_run_task = images._run_task
     monkeypatch.setattr(images, "_run_task", lambda model, task, *args: calls.append(task.name) or real_run_task(model, task, *args))
     images.run(tmp_path, settings=TWO_TASKS, seed=3)
     assert calls == [task.name for task in images.TASKS[:2]]
-    assert "starting afresh" in capsys.readouterr().out
+    assert message in capsys.readouterr().out
