@@ -21,9 +21,11 @@ super-resolution with σ_n = 0.05. Per task:
    between the restored and the clean test set.
 
 ``FULL`` (256 test images, 100 steps) is sized for a GPU: on a 2-core CPU it takes on
-the order of a day. ``MEDIUM`` (32 images, 50 steps) fits a CPU session; ``QUICK`` is the
-tests' version. Outputs: ``images.json`` and ``images_dp_curve.png`` (MSE against FD per
-task, with the baselines).
+the order of a day. ``MEDIUM`` (32 images, 50 steps; ``--medium``) took 28–31 min per task
+on the 2-core CPU, about 2.5 h in all; ``QUICK`` is the tests' version. A run writes
+``images.partial.json`` after every task and, started again with the same settings, seed
+and weights, carries on from there. Outputs: ``images.json`` and ``images_dp_curve.png``
+(MSE against FD per task, with the baselines).
 """
 from __future__ import annotations
 
