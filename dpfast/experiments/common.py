@@ -106,8 +106,12 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence], di
         print("  ".join(value.rjust(width) for value, width in zip(row, widths)))
 
 
-def run_metadata(name: str, quick: bool, seed: int, started: float) -> dict:
-    """Versions, device, command and wall time of one experiment run, for its JSON."""
+def run_metadata(name: str, quick: bool, seed: int, started: float, size_flag: str | None = "") -> dict:
+    """Versions, device, command and wall time of one experiment run, for its JSON.
+
+    ``size_flag`` is the command-line flag of a size other than quick/full (``"--medium"``);
+    ``None`` marks settings no flag gives (the JSON's ``settings`` then say what ran).
+    """
     import dpfast
 
     versions = {
@@ -122,7 +126,9 @@ def run_metadata(name: str, quick: bool, seed: int, started: float) -> dict:
         pass
     return {
         "experiment": name,
-        "command": f"python -m dpfast.experiments {name} -o OUT" + (" --quick" if quick else "") + f" --seed {seed}",
+        "command": (f"python -m dpfast.experiments {name} -o OUT"
+                    + (" --quick" if quick else f" {size_flag}" if size_flag else "") + f" --seed {seed}"
+                    + (" (custom settings: see the JSON's settings)" if size_flag is None else "")),
         "argv": sys.argv,
         "quick": quick,
         "seed": seed,

@@ -42,6 +42,7 @@ def test_quick_run_writes_every_series_and_the_figure(quick_run):
             assert row["mse"] > 0 and row["fd"] >= 0 and 0 < row["ssim"] <= 1
     assert (tmp_path / "images.json").is_file() and (tmp_path / "images_dp_curve.png").stat().st_size > 5_000
     assert not (tmp_path / "images.partial.json").exists()  # removed once the run is complete
+    assert results["meta"]["command"] == "python -m dpfast.experiments images -o OUT --quick --seed 0"
     # averaging one λ = 1 draw is the λ = 1 point itself
     assert task["averaging"][0]["mse"] == pytest.approx(task["lam_sweep"][-1]["mse"], rel=1e-6)
 
@@ -94,6 +95,7 @@ def test_an_interrupted_run_resumes_without_redoing_finished_tasks(tmp_path, mon
     assert calls == [images.TASKS[1].name]  # the first task was read back, not recomputed
     assert results["tasks"][images.TASKS[0].name] == partial["tasks"][images.TASKS[0].name]
     assert all(entry["seconds"] > 0 for entry in results["tasks"].values())
+    assert results["meta"]["command"].endswith("(custom settings: see the JSON's settings)")
     assert not (tmp_path / "images.partial.json").exists()
 
 
