@@ -14,7 +14,7 @@
 # Time: the run ends by itself near DPFAST_GPU_DEADLINE seconds (default 540): each
 # section runs under a timeout cut to what is left, and a section with too little left is
 # skipped and says so. DPFAST_GPU_SECTIONS picks sections (default: all, in this order):
-#   install environment kernel_tests sanitizer sampler_tests sampler_bench compile_bench network_bench kernel_bench train
+#   install environment kernel_tests sanitizer sampler_tests sampler_bench compile_bench network_bench kernel_bench images_full train
 #
 # Training (section "train"): the built-in model trains in the background *while the
 # untimed correctness sections run* (it is stopped before any benchmark), and again after
@@ -25,12 +25,19 @@
 # continues an earlier run: DIR holds its checkpoint.pt (or checkpoint.pt.part-* to be
 # joined) and optionally its log.csv. The recipe is the CPU run's (batch 64, fp32, lr 2e-4);
 # the data order depends only on (seed, step), so the continued run takes the same steps.
+#
+# The full images experiment (section "images_full", issue #6: 256 held-out test images,
+# 100 steps, five tasks; `dpfast reproduce images --device cuda`) needs the test split too
+# (t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in the same folder. It writes
+# images.partial.json after every task; DPFAST_GPU_IMAGES_FROM=DIR (holding an earlier run's
+# images.partial.json) carries on from there, so a run cut by the deadline loses one task.
+# deepinv's baselines need its wheel (and natsort's) carried in .data/wheels (see "install").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 RESULTS=${DPFAST_GPU_RESULTS:-/tmp/dpfast_gpu_check}
 DEADLINE=${DPFAST_GPU_DEADLINE:-540}
-SECTIONS=" ${DPFAST_GPU_SECTIONS:-install environment kernel_tests sanitizer sampler_tests sampler_bench compile_bench network_bench kernel_bench train} "
+SECTIONS=" ${DPFAST_GPU_SECTIONS:-install environment kernel_tests sanitizer sampler_tests sampler_bench compile_bench network_bench kernel_bench images_full train} "
 RESERVE=25  # seconds kept for stopping the trainer, exporting and packing
 mkdir -p "$RESULTS"
 # Triton must compile for the GPU here, not interpret (tests/conftest.py defaults it to 1).
@@ -67,14 +74,17 @@ TRAIN_DIR=$RESULTS/builtin_run
 TRAIN_PID=
 TRAIN_SECONDS=0
 export DPFAST_FASHION_MNIST_DIR=${DPFAST_FASHION_MNIST_DIR:-.data/fashion-mnist}
-train_ready() {
-  local data=$DPFAST_FASHION_MNIST_DIR/train-images-idx3-ubyte
+fashion_mnist_ready() {  # fashion_mnist_ready SPLIT_PREFIX: its images as .gz (converted from .xz if need be)
+  local data=$DPFAST_FASHION_MNIST_DIR/$1-images-idx3-ubyte
   if [ ! -f "$data.gz" ] && [ -f "$data.xz" ]; then
     "$PYTHON" -c "import gzip, lzma, shutil, sys
 with lzma.open(sys.argv[1]) as source, gzip.open(sys.argv[2], 'wb', compresslevel=1) as target:
     shutil.copyfileobj(source, target, 1 << 24)" "$data.xz" "$data.gz" || return 1
   fi
-  [ -f "$data.gz" ] || { echo "no $data.gz (or .xz): training skipped"; return 1; }
+  [ -f "$data.gz" ] || { echo "no $data.gz (or .xz)"; return 1; }
+}
+train_ready() {
+  fashion_mnist_ready train || { echo "training skipped"; return 1; }
   mkdir -p "$TRAIN_DIR"
   local from=${DPFAST_GPU_TRAIN_FROM:-}
   if [ -n "$from" ] && [ ! -f "$TRAIN_DIR/checkpoint.pt" ]; then
@@ -113,6 +123,17 @@ if wanted install; then
   section "install (compiles the C++ and CUDA extensions)"
   timed install 300 "$PYTHON" -m pip install --no-build-isolation --no-deps -e . >"$RESULTS/install.log" 2>&1
   tail -n 5 "$RESULTS/install.log"
+  # deepinv (the benchmarks' and the images experiment's baseline) is not on the GPU image and
+  # there is no network: wheels carried in $DPFAST_GPU_WHEELS (deepinv and natsort, --no-deps;
+  # its other requirements are on the image) install it.
+  WHEELS=${DPFAST_GPU_WHEELS:-.data/wheels}
+  if ls "$WHEELS"/*.whl >/dev/null 2>&1 && ! "$PYTHON" -c "import deepinv" 2>/dev/null; then
+    if "$PYTHON" -m pip install --no-deps --no-index "$WHEELS"/*.whl >"$RESULTS/wheels.log" 2>&1 && "$PYTHON" -c "import deepinv"; then
+      echo "deepinv installed from $WHEELS"
+    else
+      echo "deepinv from $WHEELS did not install or import (its baselines are skipped): $RESULTS/wheels.log"
+    fi
+  fi
 fi
 
 if wanted environment; then
@@ -188,6 +209,23 @@ fi
 if wanted kernel_bench; then
   section "kernel benchmarks on CUDA (eager torch vs cuda vs triton vs device-to-device copy)"
   cuda_bench kernel_bench 120 bench_kernels.py
+fi
+
+# ------------------------------------------------------------------ the full images experiment
+if wanted images_full; then
+  section "images experiment, full size, on CUDA (256 held-out test images, 100 steps, five tasks; resumable)"
+  if fashion_mnist_ready train && fashion_mnist_ready t10k; then
+    mkdir -p "$RESULTS/images"
+    if [ -n "${DPFAST_GPU_IMAGES_FROM:-}" ] && [ -f "$DPFAST_GPU_IMAGES_FROM/images.partial.json" ]; then
+      cp "$DPFAST_GPU_IMAGES_FROM/images.partial.json" "$RESULTS/images/" && echo "carrying on from $DPFAST_GPU_IMAGES_FROM"
+    fi
+    timed images_test 120 "$PYTHON" -m pytest tests/experiments/test_experiment_images.py -q -rs -p no:cacheprovider -k cuda
+    timed images_full 900 "$PYTHON" -m dpfast.experiments images --device cuda -o "$RESULTS/images" >"$RESULTS/images.log" 2>&1
+    grep -E "^\[images\]|done in" "$RESULTS/images.log" | tail -n 30
+  else
+    echo "images_full skipped: the Fashion-MNIST train and t10k files are needed in $DPFAST_FASHION_MNIST_DIR"
+    record images_full "skipped (no data)" 0
+  fi
 fi
 
 # ------------------------------------------------------------------ training until the deadline

@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(traverse)
     commands.add_parser("demo", help="restore bundled Fashion-MNIST test images across λ (the built-in model)", add_help=False)
     commands.add_parser("bench", help="restoration speed side by side: dpfast modes, a naive DPS loop, deepinv", add_help=False)
-    commands.add_parser("reproduce", help="the paper's experiments: gmm_1d, gaussian, pinwheel, images, score_swap, all", add_help=False)
+    commands.add_parser("reproduce", help="the paper's experiments and studies: gmm_1d, gaussian, pinwheel, images, score_swap, sensitivity, step_count, all", add_help=False)
     return parser
 
 

@@ -22,6 +22,8 @@ and a JSON of its numbers into ``out_dir``, and returns the numbers.
                  t = 600 / 300): is λ = 0's poor MSE the method's fault or the network's?
 ``sensitivity``  the demo's deblurring with the network's output perturbed by rounding-sized
                  noise: how far each λ's restoration moves (bf16 vs float32 on a GPU)
+``step_count``   the demo's three tasks at λ = 0 and 1 for 25–400 reverse steps: does
+                 λ = 0's MSE deficit shrink with a finer chain?
 ===============  ===================================================================
 """
 from __future__ import annotations
@@ -31,6 +33,8 @@ import importlib
 import time
 from types import ModuleType
 
+import torch
+
 EXPERIMENTS = {
     "gmm_1d": "dpfast.experiments.gmm_1d",
     "gaussian": "dpfast.experiments.gaussian",
@@ -38,6 +42,7 @@ EXPERIMENTS = {
     "images": "dpfast.experiments.images",
     "score_swap": "dpfast.experiments.score_swap",
     "sensitivity": "dpfast.experiments.sensitivity",
+    "step_count": "dpfast.experiments.step_count",
 }
 
 
@@ -49,13 +54,16 @@ def load(name: str) -> ModuleType:
 
 
 SIZED = {"images": "MEDIUM"}  # experiments with a size between --quick and the full run: its Settings name
+ON_DEVICE = ("images",)  # experiments whose chains can run on a GPU (``device``)
 
 
-def run(name: str, out_dir, quick: bool = False, seed: int = 0, medium: bool = False) -> dict:
+def run(name: str, out_dir, quick: bool = False, seed: int = 0, medium: bool = False, device: str | None = None) -> dict:
     """Run experiment ``name``; see each module's ``run`` for what it writes and returns.
 
     ``medium`` picks the CPU-session size of the experiments in :data:`SIZED` (an error
-    for the others, and together with ``quick``).
+    for the others, and together with ``quick``). ``device`` (``"cuda"``, ...) runs the
+    chains of the experiments in :data:`ON_DEVICE` there; the others run on the CPU only,
+    and asking them for another device is an error.
 
     Example:
         >>> from dpfast import experiments
@@ -63,14 +71,17 @@ def run(name: str, out_dir, quick: bool = False, seed: int = 0, medium: bool = F
         >>> [row["lam"] for row in results["sweep"]]  # doctest: +SKIP
         [0.0, 0.25, 0.5, 0.75, 1.0]
     """
+    on_device = {} if device is None or str(device) == "cpu" else {"device": device}
+    if on_device and name not in ON_DEVICE:
+        raise ValueError(f"device={device!r}: only {list(ON_DEVICE)} run off the CPU, got {name!r}")
     if medium:
         if quick:
             raise ValueError("quick and medium exclude each other: pick one size")
         if name not in SIZED:
             raise ValueError(f"medium: only {sorted(SIZED)} have a medium size, got {name!r}")
         module = load(name)
-        return module.run(out_dir, seed=seed, settings=getattr(module, SIZED[name]))
-    return load(name).run(out_dir, quick=quick, seed=seed)
+        return module.run(out_dir, seed=seed, settings=getattr(module, SIZED[name]), **on_device)
+    return load(name).run(out_dir, quick=quick, seed=seed, **on_device)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,16 +98,28 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--medium", action="store_true",
                       help=f"a size that fits a CPU session (only {', '.join(SIZED)}: 32 images, 50 steps; resumable)")
     parser.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
+    parser.add_argument("--device", default="cpu",
+                        help=f"where the chains run (default: cpu); only {', '.join(ON_DEVICE)} can use a GPU, e.g. cuda")
     args = parser.parse_args(argv)
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
     names = list(EXPERIMENTS) if "all" in args.names else list(dict.fromkeys(args.names))
     if args.medium and any(name not in SIZED for name in names):
         parser.error(f"--medium: only {', '.join(SIZED)} have a medium size, got {' '.join(names)}")
+    if args.device != "cpu":
+        try:
+            device = torch.device(args.device)
+        except RuntimeError as error:
+            parser.error(f"--device: {args.device!r} is not a torch device ({error})")
+        if any(name not in ON_DEVICE for name in names):
+            parser.error(f"--device {args.device}: only {', '.join(ON_DEVICE)} run off the CPU, got {' '.join(names)}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: CUDA is not available here")
     size = "quick" if args.quick else "medium" if args.medium else "full"
+    size += "" if args.device == "cpu" else f", on {args.device}"
     for name in names:
         started = time.perf_counter()
         print(f"== {name} ({size}, seed {args.seed}) -> {args.out}", flush=True)
-        run(name, args.out, quick=args.quick, seed=args.seed, medium=args.medium)
+        run(name, args.out, quick=args.quick, seed=args.seed, medium=args.medium, device=args.device)
         print(f"== {name} done in {time.perf_counter() - started:.1f} s", flush=True)
     return 0

@@ -106,11 +106,14 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence], di
         print("  ".join(value.rjust(width) for value, width in zip(row, widths)))
 
 
-def run_metadata(name: str, quick: bool, seed: int, started: float, size_flag: str | None = "") -> dict:
+def run_metadata(name: str, quick: bool, seed: int, started: float, size_flag: str | None = "",
+                 device: torch.device | None = None) -> dict:
     """Versions, device, command and wall time of one experiment run, for its JSON.
 
     ``size_flag`` is the command-line flag of a size other than quick/full (``"--medium"``);
     ``None`` marks settings no flag gives (the JSON's ``settings`` then say what ran).
+    ``device``: where the chains ran; a CUDA device is named in the command and the device
+    field.
     """
     import dpfast
 
@@ -120,6 +123,7 @@ def run_metadata(name: str, quick: bool, seed: int, started: float, size_flag: s
         "torch": torch.__version__,
         "numpy": np.__version__,
     }
+    cuda = torch.device(device) if device is not None and torch.device(device).type == "cuda" else None
     try:  # the installed version, without importing POT (slow to import)
         versions["POT"] = importlib.metadata.version("POT")
     except importlib.metadata.PackageNotFoundError:
@@ -128,12 +132,14 @@ def run_metadata(name: str, quick: bool, seed: int, started: float, size_flag: s
         "experiment": name,
         "command": (f"python -m dpfast.experiments {name} -o OUT"
                     + (" --quick" if quick else f" {size_flag}" if size_flag else "") + f" --seed {seed}"
+                    + (" --device cuda" if cuda else "")
                     + (" (custom settings: see the JSON's settings)" if size_flag is None else "")),
         "argv": sys.argv,
         "quick": quick,
         "seed": seed,
         "versions": versions,
-        "device": f"{_cpu_name()}, {torch.get_num_threads()} torch thread(s)",
+        "device": (f"{torch.cuda.get_device_name(cuda)} (CUDA {torch.version.cuda}); host {_cpu_name()}" if cuda
+                   else f"{_cpu_name()}, {torch.get_num_threads()} torch thread(s)"),
         "wall_seconds": round(time.perf_counter() - started, 2),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }

@@ -20,8 +20,9 @@ super-resolution with σ_n = 0.05. Per task:
 5. per point: MSE, PSNR, SSIM against the truth and FD (the shipped feature network)
    between the restored and the clean test set.
 
-``FULL`` (256 test images, 100 steps) is sized for a GPU: on a 2-core CPU it takes on
-the order of a day. ``MEDIUM`` (32 images, 50 steps; ``--medium``) took 23–24 min per task
+``FULL`` (256 test images, 100 steps) is sized for a GPU (``--device cuda``;
+``bench/gpu_check.sh`` section ``images_full``): on a 2-core CPU it takes on the order of a
+day. ``MEDIUM`` (32 images, 50 steps; ``--medium``) took 23–24 min per task
 on an idle 2-core CPU, about 2 h in all; ``QUICK`` is the tests' version. A run writes
 ``images.partial.json`` after every task and, started again with the same settings, seed
 and weights, carries on from there. Outputs: ``images.json`` and ``images_dp_curve.png``
@@ -72,28 +73,36 @@ class Settings:
 
 FULL = Settings(images=256, steps=100, lams=(0.0, 0.25, 0.5, 0.75, 1.0), zeta_factors=(0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
                 constant_zetas=(0.3, 1.0, 3.0, 10.0), search_images=16, average_counts=(1, 2, 4, 8), etas=(0.0, 0.5, 1.0),
-                deepinv_alphas=(0.0, 0.5, 1.0), deepinv_weights=(3.0, 10.0, 30.0, 100.0, 300.0))
-MEDIUM = replace(FULL, images=32, steps=50, search_images=8)
+                deepinv_alphas=(0.0, 0.5, 1.0), deepinv_weights=(1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0))
+# The medium run's deepinv grid stays the one its published numbers used (docs/RESULTS.md §4,
+# where both edges were hit: hence FULL's wider grid).
+MEDIUM = replace(FULL, images=32, steps=50, search_images=8, deepinv_weights=(3.0, 10.0, 30.0, 100.0, 300.0))
 QUICK = Settings(images=4, steps=8, lams=(0.0, 1.0), zeta_factors=(1.0, 4.0), constant_zetas=(0.3,), search_images=2, average_counts=(1, 2),
                  etas=(0.0,), deepinv_alphas=(1.0,), deepinv_weights=(3.0, 30.0), tasks=(TASKS[0],))
 
 
-def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Settings | None = None) -> dict:
+def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Settings | None = None,
+        device: str | torch.device | None = None) -> dict:
     """Run every task's λ sweep and baselines; write ``images.json`` and the DP figure; return the numbers.
 
     ``settings`` overrides ``quick`` (``FULL``, ``MEDIUM`` or your own); ``model`` defaults
-    to the built-in model.
+    to the built-in model. ``device`` (default: the CPU) is where the network and every
+    chain run; the metrics are computed on the CPU. A run resumes a partial file written on
+    another device (the weights, settings and seed must match).
     """
     from dpfast.data import load_fashion_mnist
 
     started = time.perf_counter()
     settings = settings or (QUICK if quick else FULL)
+    device = torch.device(device if device is not None else "cpu")
     if model is None:
         from dpfast.models.loading import load_builtin
 
         model = load_builtin()
+    model = model.to(device)
     test, _ = load_fashion_mnist("test", limit=settings.images)
     train, _ = load_fashion_mnist("train", limit=settings.search_images)
+    test, train = test.to(device), train.to(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with_deepinv = bool(settings.deepinv_alphas) and deepinv_available()
@@ -124,7 +133,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
     _plot(results, out_dir / f"{NAME}_dp_curve.png")
     results["figures"] = [f"{NAME}_dp_curve.png"]
     size_flag = {"quick": "", "full": "", "medium": "--medium"}.get(_size_name(settings))
-    results["meta"] = common.run_metadata(NAME, settings == QUICK, seed, started, size_flag)
+    results["meta"] = common.run_metadata(NAME, settings == QUICK, seed, started, size_flag, device)
     common.write_json(out_dir / f"{NAME}.json", results)
     partial_path.unlink(missing_ok=True)
     for name, task_results in results["tasks"].items():
@@ -149,7 +158,7 @@ def _run_task(model, task: ImageTask, test, train, settings: Settings, seed: int
     tuned = replace(task, zeta=zeta_of_lam)
     y = tuned.measure(test, seed=seed + TEST_SEED)
     restored = traverse_task(model, tuned, y, settings.lams, settings.steps, seed=seed)
-    lam_sweep = [dict(row, zeta=list(zeta_of_lam[row["lam"]])) for row in dp_rows(test, restored, settings.lams)]
+    lam_sweep = [dict(row, zeta=list(zeta_of_lam[row["lam"]])) for row in dp_rows(test.cpu(), restored.cpu(), settings.lams)]
     progress.step(f"{task.name}: λ sweep")
     zeta_one = zeta_of_lam[max(settings.lams)]
     draws = [restored[-1]] if max(settings.lams) == 1.0 else []
@@ -158,13 +167,13 @@ def _run_task(model, task: ImageTask, test, train, settings: Settings, seed: int
                                    seed=seed + AVERAGE_SEED * len(draws))[0])
     means = torch.stack([torch.stack(draws[:count]).mean(0) for count in settings.average_counts])
     averaging = [dict(row, samples=count) for row, count in
-                 zip(dp_rows(test, means, settings.average_counts), settings.average_counts)]
+                 zip(dp_rows(test.cpu(), means.cpu(), settings.average_counts), settings.average_counts)]
     progress.step(f"{task.name}: averaging baseline")
     seeds = [seed + index for index in range(test.shape[0])]
     ddim_zeta = float(task.step_sizes(model, settings.steps, zeta_one).mean())
     ddim = torch.stack([ddim_dps_sample(model, task.operator(), y, eta, ddim_zeta, settings.steps, seeds)
                         for eta in settings.etas])
-    ddim_rows = [dict(row, eta=eta) for row, eta in zip(dp_rows(test, ddim, settings.etas), settings.etas)]
+    ddim_rows = [dict(row, eta=eta) for row, eta in zip(dp_rows(test.cpu(), ddim.cpu(), settings.etas), settings.etas)]
     progress.step(f"{task.name}: DDIM-η baseline")
     return {"zeta": {str(lam): list(zeta) for lam, zeta in zeta_of_lam.items()}, "lam_sweep": lam_sweep,
             "averaging": averaging, "ddim": ddim_rows}
@@ -187,7 +196,7 @@ def _deepinv_series(model, task: ImageTask, test, train, settings: Settings, see
         weights.append(min(errors, key=lambda weight: errors[weight] if math.isfinite(errors[weight]) else math.inf))
         restored.append(restore(test, y_test, alpha, weights[-1], seed))
     rows = [dict(row, alpha=alpha, weight=weight) for row, alpha, weight in
-            zip(dp_rows(test, torch.stack(restored), settings.deepinv_alphas), settings.deepinv_alphas, weights)]
+            zip(dp_rows(test.cpu(), torch.stack(restored).cpu(), settings.deepinv_alphas), settings.deepinv_alphas, weights)]
     progress.step(f"{task.name}: deepinv DPS α baseline (weights {weights})")
     return rows
 

@@ -222,6 +222,7 @@ def ddim_dps_sample(
         y: measurements ``(B, *M)``.
         eta: η ∈ [0, 1]. zeta: DPS step size ζ (the sampler's convention).
         steps: respaced steps. seeds: one int per sample (or an int s: s, s+1, ...).
+            The chain runs on ``y``'s device (the model must be there too).
         clip_denoised: clamp x̂0 to [-1, 1] (and re-derive ε from it), as the sampler does;
             ``None`` takes the model's ``default_clip_denoised``, as the sampler does.
 
@@ -233,14 +234,14 @@ def ddim_dps_sample(
     chain = model.schedule.respace(steps)
     alpha_bars = chain.alphas_cumprod
     batch = y.shape[0]
-    words = seed_tensor(seeds, batch)
+    words = seed_tensor(seeds, batch, device=y.device)
     shape = tuple(model.image_shape)
     clip = model.default_clip_denoised if clip_denoised is None else bool(clip_denoised)
     x = counter_normal_ref(words, INITIAL_NOISE_STEP, shape)
     for k in range(steps - 1, -1, -1):
         alpha_bar = float(alpha_bars[k])
         alpha_bar_prev = float(alpha_bars[k - 1]) if k > 0 else 1.0
-        t = torch.full((batch,), int(chain.timesteps[k]), dtype=torch.int64)
+        t = torch.full((batch,), int(chain.timesteps[k]), dtype=torch.int64, device=y.device)
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             eps = model(x_in, t)

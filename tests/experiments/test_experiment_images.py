@@ -1,5 +1,5 @@
 """`dpfast reproduce images`: the quick run (4 held-out test images, 8 steps, denoising σ_n = 0.1)
-writes every series, and a 30-step run of the same task checks the tradeoff itself.
+writes every series, and a 30-step run of the same task on 8 images checks the tradeoff itself.
 
 Needs the built-in model's weights and the Fashion-MNIST dataset (`.ci/run` installs it).
 """
@@ -8,12 +8,13 @@ import math
 from dataclasses import replace
 
 import pytest
+import torch
 
 from dpfast.baselines.deepinv_dps import deepinv_available
-from dpfast.data import FASHION_MNIST_DIR
+from dpfast.data import fashion_mnist_dir
 from dpfast.experiments import images
 
-pytestmark = pytest.mark.skipif(not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
+pytestmark = pytest.mark.skipif(not (fashion_mnist_dir() / "t10k-images-idx3-ubyte.gz").is_file(),
                                 reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
 
 
@@ -48,21 +49,31 @@ def test_quick_run_writes_every_series_and_the_figure(quick_run):
 
 
 # Issue #6's image check at a size that restores at all (the 8-step quick run does not: MSE ~0.3).
-TRADEOFF = replace(images.QUICK, steps=30, zeta_factors=(1.0, 2.0, 4.0), constant_zetas=(1.0,), search_images=4,
+TRADEOFF = replace(images.QUICK, images=8, steps=30, zeta_factors=(1.0, 2.0, 4.0), constant_zetas=(1.0,), search_images=4,
                    average_counts=(1,), deepinv_alphas=())
 
 
-def test_lam_zero_has_the_lower_mse_and_lam_one_the_lower_fd(tmp_path):
-    """4 test images, denoising σ_n = 0.1, 30 steps, ζ per λ searched on 4 training images, seed 0.
+@pytest.fixture(scope="module")
+def tradeoff_sweep(tmp_path_factory):
+    """8 test images, denoising σ_n = 0.1, 30 steps, ζ per λ searched on 4 training images, seed 0."""
+    (task,) = images.run(tmp_path_factory.mktemp("tradeoff"), settings=TRADEOFF)["tasks"].values()
+    return task["lam_sweep"]
 
-    Shipped weights (step 14,467): MSE 0.0143 (λ = 0) < 0.0213 (λ = 1), FD 55.0 (λ = 1) < 68.7
-    (λ = 0). Step 6094: 0.0202 < 0.0217, 56.7 < 77.1; the step-3785 weights failed it (MSE
-    0.039 vs 0.022).
-    """
-    (task,) = images.run(tmp_path, settings=TRADEOFF)["tasks"].values()
-    zero, one = task["lam_sweep"]
-    assert zero["mse"] < one["mse"], task["lam_sweep"]
-    assert one["fd"] < zero["fd"], task["lam_sweep"]
+
+def test_lam_one_has_the_lower_fd(tradeoff_sweep):
+    """Shipped weights (step 14,467): FD 64.5 (λ = 1) < 76.4 (λ = 0)."""
+    zero, one = tradeoff_sweep
+    assert one["fd"] < zero["fd"], tradeoff_sweep
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "not met with the shipped weights (step 14,467): MSE 0.0337 at λ = 0 against 0.0232 at λ = 1 on these 8 "
+    "images. The 4-image version this test had passed (0.0143 < 0.0213) with 2 torch threads and failed with 1 "
+    "(0.0127 / FD 43.7 at λ = 0: the λ = 0 chain amplifies rounding, docs/RESULTS.md 'sensitivity'), and the "
+    "medium run (32 images, 50 steps) has λ = 0 at 0.0080 against 0.0035; issue #6 stays open on it"))
+def test_lam_zero_has_the_lower_mse(tradeoff_sweep):
+    zero, one = tradeoff_sweep
+    assert zero["mse"] < one["mse"], tradeoff_sweep
 
 
 # Two denoising tasks, 2 images, 4 steps, no deepinv: the smallest run with something to resume.
@@ -112,3 +123,17 @@ def test_a_partial_file_from_other_settings_or_broken_is_not_reused(tmp_path, mo
     images.run(tmp_path, settings=TWO_TASKS, seed=3)
     assert calls == [task.name for task in images.TASKS[:2]]
     assert message in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_quick_run_on_cuda_chooses_the_same_steps_and_lands_near_the_cpu_run(quick_run, tmp_path):
+    """The GPU path of the full run (bench/gpu_check.sh, images_full): same choices, MSE within 10 %
+    (TF32 convolutions and the chains' amplification of rounding keep it from being exact)."""
+    _, cpu = quick_run
+    gpu = images.run(tmp_path, quick=True, device="cuda")
+    assert "--device cuda" in gpu["meta"]["command"] and "CUDA" in gpu["meta"]["device"]
+    (cpu_task,), (gpu_task,) = cpu["tasks"].values(), gpu["tasks"].values()
+    assert gpu_task["zeta"] == cpu_task["zeta"]
+    for series in ("lam_sweep", "averaging", "ddim"):
+        for cpu_row, gpu_row in zip(cpu_task[series], gpu_task[series], strict=True):
+            assert gpu_row["mse"] == pytest.approx(cpu_row["mse"], rel=0.1), (series, cpu_row, gpu_row)

@@ -32,3 +32,23 @@ def test_medium_is_refused_for_experiments_without_that_size_and_with_quick(caps
         experiments.run("pinwheel", "x", medium=True)
     with pytest.raises(ValueError, match="quick and medium exclude each other"):
         experiments.run("images", "x", quick=True, medium=True)
+
+
+def test_a_device_is_refused_for_cpu_only_experiments_and_a_missing_cuda(capsys, monkeypatch):
+    with pytest.raises(ValueError, match="device='cuda': only \\['images'\\] run off the CPU, got 'gaussian'"):
+        experiments.run("gaussian", "x", device="cuda")
+    with pytest.raises(SystemExit):
+        experiments.main(["pinwheel", "--device", "cuda", "-o", "x"])
+    assert "--device cuda: only images run off the CPU" in capsys.readouterr().err
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        experiments.main(["images", "--device", "cuda", "-o", "x"])
+    assert "CUDA is not available here" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        experiments.main(["images", "--device", "gpu0", "-o", "x"])
+    assert "'gpu0' is not a torch device" in capsys.readouterr().err
+
+
+def test_the_cpu_device_is_the_default_and_accepted_by_every_experiment(tmp_path):
+    results = experiments.run("gaussian", tmp_path, quick=True, device="cpu")
+    assert "--device" not in results["meta"]["command"] and results["meta"]["device"].startswith("CPU")
