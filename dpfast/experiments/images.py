@@ -86,8 +86,8 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
     """Run every task's λ sweep and baselines; write ``images.json`` and the DP figure; return the numbers.
 
     ``settings`` overrides ``quick`` (``FULL``, ``MEDIUM`` or your own); ``model`` defaults
-    to the built-in model. ``device`` (default: the CPU) is where the network and every
-    chain run; the metrics are computed on the CPU. A run resumes a partial file written on
+    to the built-in model. ``device`` (default: the CPU) is where the network (moved there,
+    in place) and every chain run; the metrics are computed on the CPU. A run resumes a partial file written on
     another device (the weights, settings and seed must match).
     """
     from dpfast.data import load_fashion_mnist
