@@ -129,12 +129,14 @@ def dp_rows(truth: torch.Tensor, restorations: torch.Tensor, lams: Sequence[floa
 
     MSE, PSNR and SSIM are means over images; FD compares the feature statistics of the
     restored set with those of the clean set (N ≥ 2; with few images it is a coarse,
-    rank-limited estimate).
+    rank-limited estimate). Computed on the CPU wherever the tensors live (a
+    ``feature_network`` must be on the CPU too).
     """
     if restorations.shape[0] != len(lams) or restorations.shape[1:] != truth.shape:
         raise ValueError(
             f"restorations must have shape ({len(lams)}, *{tuple(truth.shape)}), got {tuple(restorations.shape)}"
         )
+    truth, restorations = truth.cpu(), restorations.cpu()
     truth_statistics = metrics.feature_statistics(truth, feature_network)
     rows = []
     for lam, restored in zip(lams, restorations):

@@ -158,7 +158,7 @@ def _run_task(model, task: ImageTask, test, train, settings: Settings, seed: int
     tuned = replace(task, zeta=zeta_of_lam)
     y = tuned.measure(test, seed=seed + TEST_SEED)
     restored = traverse_task(model, tuned, y, settings.lams, settings.steps, seed=seed)
-    lam_sweep = [dict(row, zeta=list(zeta_of_lam[row["lam"]])) for row in dp_rows(test.cpu(), restored.cpu(), settings.lams)]
+    lam_sweep = [dict(row, zeta=list(zeta_of_lam[row["lam"]])) for row in dp_rows(test, restored, settings.lams)]
     progress.step(f"{task.name}: λ sweep")
     zeta_one = zeta_of_lam[max(settings.lams)]
     draws = [restored[-1]] if max(settings.lams) == 1.0 else []
@@ -167,13 +167,13 @@ def _run_task(model, task: ImageTask, test, train, settings: Settings, seed: int
                                    seed=seed + AVERAGE_SEED * len(draws))[0])
     means = torch.stack([torch.stack(draws[:count]).mean(0) for count in settings.average_counts])
     averaging = [dict(row, samples=count) for row, count in
-                 zip(dp_rows(test.cpu(), means.cpu(), settings.average_counts), settings.average_counts)]
+                 zip(dp_rows(test, means, settings.average_counts), settings.average_counts)]
     progress.step(f"{task.name}: averaging baseline")
     seeds = [seed + index for index in range(test.shape[0])]
     ddim_zeta = float(task.step_sizes(model, settings.steps, zeta_one).mean())
     ddim = torch.stack([ddim_dps_sample(model, task.operator(), y, eta, ddim_zeta, settings.steps, seeds)
                         for eta in settings.etas])
-    ddim_rows = [dict(row, eta=eta) for row, eta in zip(dp_rows(test.cpu(), ddim.cpu(), settings.etas), settings.etas)]
+    ddim_rows = [dict(row, eta=eta) for row, eta in zip(dp_rows(test, ddim, settings.etas), settings.etas)]
     progress.step(f"{task.name}: DDIM-η baseline")
     return {"zeta": {str(lam): list(zeta) for lam, zeta in zeta_of_lam.items()}, "lam_sweep": lam_sweep,
             "averaging": averaging, "ddim": ddim_rows}
@@ -196,7 +196,7 @@ def _deepinv_series(model, task: ImageTask, test, train, settings: Settings, see
         weights.append(min(errors, key=lambda weight: errors[weight] if math.isfinite(errors[weight]) else math.inf))
         restored.append(restore(test, y_test, alpha, weights[-1], seed))
     rows = [dict(row, alpha=alpha, weight=weight) for row, alpha, weight in
-            zip(dp_rows(test.cpu(), torch.stack(restored).cpu(), settings.deepinv_alphas), settings.deepinv_alphas, weights)]
+            zip(dp_rows(test, torch.stack(restored), settings.deepinv_alphas), settings.deepinv_alphas, weights)]
     progress.step(f"{task.name}: deepinv DPS α baseline (weights {weights})")
     return rows
 
