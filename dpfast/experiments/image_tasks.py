@@ -179,17 +179,21 @@ def search_step_sizes(
     steps: int,
     seed: int = 0,
     log=print,
+    pieces=None,
 ) -> dict[float, tuple[str, float]]:
     """For each λ, the ``(schedule, value)`` from ``choices`` with the lowest MSE on ``images``
     (use *training* images): β-scaled and constant steps compete on equal terms.
 
     One batched traversal per choice; ``log`` gets one line per choice with each λ's MSE.
+    With a :class:`~dpfast.experiments.pieces.PieceStore` as ``pieces`` each choice's
+    traversal is a stored piece (a resumed run reads it back).
     """
     y = task.measure(images, seed=seed)
     errors = {}
     for choice in choices:
         choice = (choice[0], float(choice[1]))
-        restored = traverse_task(model, task, y, lams, steps, seed=seed, zeta=choice)
+        traverse = lambda choice=choice: traverse_task(model, task, y, lams, steps, seed=seed, zeta=choice)  # noqa: E731
+        restored = traverse() if pieces is None else pieces.get(f"{task.name} search {task.choice_text(choice)}", traverse)
         errors[choice] = [float(metrics.mse(r, images).mean()) for r in restored]
         log(f"{task.name} {task.choice_text(choice)}: " + ", ".join(f"λ {lam:g} MSE {e:.4f}" for lam, e in zip(lams, errors[choice])))
     return {float(lam): min(errors, key=lambda choice: _finite_or_inf(errors[choice][index])) for index, lam in enumerate(lams)}

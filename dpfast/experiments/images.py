@@ -21,12 +21,27 @@ super-resolution with σ_n = 0.05. Per task:
    between the restored and the clean test set.
 
 ``FULL`` (256 test images, 100 steps) is sized for a GPU (``--device cuda``;
-``bench/gpu_check.sh`` section ``images_full``): on a 2-core CPU it takes on the order of a
-day. ``MEDIUM`` (32 images, 50 steps; ``--medium``) took 23–24 min per task
-on an idle 2-core CPU, about 2 h in all; ``QUICK`` is the tests' version. A run writes
-``images.partial.json`` after every task and, started again with the same settings, seed
-and weights, carries on from there. Outputs: ``images.json`` and ``images_dp_curve.png``
-(MSE against FD per task, with the baselines).
+``bench/gpu_check.sh`` section ``images_full``): on a 2-core CPU it is ~20 hours of work
+(~2.9 M image-steps at ~25 ms each), so it runs there over several sessions. ``MEDIUM``
+(32 images, 50 steps; ``--medium``) took 23–24 min per task on an idle 2-core CPU, about
+2 h in all; ``QUICK`` is the tests' version.
+
+The run goes phase by phase over the tasks — every task's search and λ sweep, then every
+task's averaging and DDIM baselines, then deepinv's — so a run spread over sessions has
+the method's own numbers for all tasks first.
+
+Resuming: every chain is cut into pieces of a few minutes — one step-size choice of a
+search, one block of ``block_images`` test images of a sweep, a DPS draw or a DDIM/deepinv
+run (image i keeps its seed in any block) — stored under ``images.pieces/`` as soon as each
+is done (:class:`~dpfast.experiments.pieces.PieceStore`), and ``images.partial.json`` holds
+every finished phase's numbers. Started again with the same settings, seed and weights, a
+run reads both back and computes only the rest: a killed run loses at most the piece it
+was in. A task's ``seconds`` (search, sweep and baselines) and ``deepinv_seconds`` add the
+compute time of pieces read back (each stores what it cost), so they are the task's cost
+over all the runs that did it.
+
+Outputs: ``images.json`` and ``images_dp_curve.png`` (MSE against FD per task, with the
+baselines).
 """
 from __future__ import annotations
 
@@ -43,6 +58,7 @@ from dpfast import metrics
 from dpfast.baselines.deepinv_dps import deepinv_available
 from dpfast.experiments import common
 from dpfast.experiments.image_tasks import ImageTask, dp_rows, search_step_sizes, traverse_task
+from dpfast.experiments.pieces import PieceStore
 from dpfast.experiments.pinwheel import ddim_dps_sample
 
 NAME = "images"
@@ -69,6 +85,7 @@ class Settings:
     deepinv_alphas: tuple[float, ...]  # deepinv's DPS noise weight α (none, or deepinv missing: skipped)
     deepinv_weights: tuple[float, ...]  # its search grid of deepinv's guidance weight
     tasks: tuple[ImageTask, ...] = TASKS
+    block_images: int = 64  # test images per stored piece of a chain (what a resumed run reads back)
 
 
 FULL = Settings(images=256, steps=100, lams=(0.0, 0.25, 0.5, 0.75, 1.0), zeta_factors=(0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
@@ -112,30 +129,33 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
     results = {"tasks": {}, "settings": _settings_dict(settings)}
     partial_path = out_dir / f"{NAME}.partial.json"
     run_key = {"settings": results["settings"], "seed": seed, "model_sha256": _weights_digest(model)}
-    done = _resume(partial_path, run_key)
-    for task in settings.tasks:
-        entry = done.get(task.name)
-        if entry is None:
-            task_started = time.perf_counter()
-            entry = _run_task(model, task, test, train, settings, seed, progress)
-            entry["seconds"] = time.perf_counter() - task_started
-        else:
-            progress.skip(4, f"{task.name}: λ sweep and baselines read back from {partial_path.name}")
-        results["tasks"][task.name] = entry
-        common.write_json(partial_path, {"key": run_key, "tasks": results["tasks"]})
-        if with_deepinv and "deepinv" not in entry:
-            task_started = time.perf_counter()
-            entry["deepinv"] = _deepinv_series(model, task, test, train, settings, seed, progress)
-            entry["deepinv_seconds"] = time.perf_counter() - task_started
+    results["tasks"] = _resume(partial_path, run_key)
+    pieces = PieceStore(out_dir / f"{NAME}.pieces", run_key, device, log=lambda line: print(f"[{NAME}]   piece: {line}", flush=True))
+    phases = [("lam_sweep", 2, "seconds", lambda task, entry: _lam_sweep(model, task, test, train, settings, seed, progress, pieces)),
+              ("averaging", 2, "seconds", lambda task, entry: _baselines(model, task, entry, test, settings, seed, progress, pieces))]
+    if with_deepinv:
+        phases.append(("deepinv", 1, "deepinv_seconds", lambda task, entry: {
+            "deepinv": _deepinv_series(model, task, test, train, settings, seed, progress, pieces)}))
+    # phase by phase over the tasks: a CPU run spread over sessions has every task's λ sweep first
+    for series, units, seconds_key, compute in phases:
+        for task in settings.tasks:
+            entry = results["tasks"].setdefault(task.name, {})
+            if series in entry:
+                progress.skip(units, f"{task.name}: {series} read back from {partial_path.name}")
+                continue
+            started_phase, read_back = time.perf_counter(), pieces.read_back_seconds
+            entry.update(compute(task, entry))
+            # this run's time plus what the pieces it read back cost the runs that computed them
+            seconds = time.perf_counter() - started_phase + pieces.read_back_seconds - read_back
+            entry[seconds_key] = entry.get(seconds_key, 0.0) + seconds
             common.write_json(partial_path, {"key": run_key, "tasks": results["tasks"]})
-        elif with_deepinv:
-            progress.skip(1, f"{task.name}: deepinv DPS α baseline read back from {partial_path.name}")
     _plot(results, out_dir / f"{NAME}_dp_curve.png")
     results["figures"] = [f"{NAME}_dp_curve.png"]
     size_flag = {"quick": "", "full": "", "medium": "--medium"}.get(_size_name(settings))
     results["meta"] = common.run_metadata(NAME, settings == QUICK, seed, started, size_flag, device)
     common.write_json(out_dir / f"{NAME}.json", results)
     partial_path.unlink(missing_ok=True)
+    pieces.remove()
     for name, task_results in results["tasks"].items():
         rows = [(f"λ = {row['lam']:g} ({'c' if row['zeta'][0] == 'beta' else 'ζ'} {row['zeta'][1]:g})", row)
                 for row in task_results["lam_sweep"]]
@@ -147,54 +167,82 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
     return results
 
 
-def _run_task(model, task: ImageTask, test, train, settings: Settings, seed: int, progress) -> dict:
+def _lam_sweep(model, task: ImageTask, test, train, settings: Settings, seed: int, progress, pieces: PieceStore) -> dict:
+    """The step-size search on training images, then the λ sweep on the test images."""
     natural = task.natural_scale(model.image_shape)
     choices = [("beta", factor * natural) for factor in settings.zeta_factors]
     choices += [("constant", zeta) for zeta in settings.constant_zetas]
     zeta_of_lam = search_step_sizes(model, task, train, settings.lams, choices, settings.steps,
-                                    seed=seed + SEARCH_SEED, log=lambda line: None)
+                                    seed=seed + SEARCH_SEED, log=lambda line: None, pieces=pieces)
     progress.step(f"{task.name}: step-size search on {train.shape[0]} training images -> "
                   f"{replace(task, zeta=zeta_of_lam).zeta_text}")
-    tuned = replace(task, zeta=zeta_of_lam)
-    y = tuned.measure(test, seed=seed + TEST_SEED)
-    restored = traverse_task(model, tuned, y, settings.lams, settings.steps, seed=seed)
+    restored = _sweep_restorations(model, replace(task, zeta=zeta_of_lam), test, settings, seed, pieces)
     lam_sweep = [dict(row, zeta=list(zeta_of_lam[row["lam"]])) for row in dp_rows(test, restored, settings.lams)]
     progress.step(f"{task.name}: λ sweep")
+    return {"zeta": {str(lam): list(zeta) for lam, zeta in zeta_of_lam.items()}, "lam_sweep": lam_sweep}
+
+
+def _sweep_restorations(model, tuned: ImageTask, test, settings: Settings, seed: int, pieces: PieceStore) -> torch.Tensor:
+    """``(L, N, ...)``: the test images restored at every λ, a block of images per piece."""
+    y = tuned.measure(test, seed=seed + TEST_SEED)
+    # image i keeps its seed (seed + i) whichever block it is restored in
+    return pieces.in_blocks(f"{tuned.name} sweep", test.shape[0], settings.block_images, dim=1,
+                            compute=lambda start, stop: traverse_task(model, tuned, y[start:stop], settings.lams,
+                                                                      settings.steps, seed=seed + start))
+
+
+def _baselines(model, task: ImageTask, entry: dict, test, settings: Settings, seed: int, progress, pieces: PieceStore) -> dict:
+    """The mean of N DPS (λ = 1) samples and DDIM-η, with the step sizes ``entry``'s search chose."""
+    zeta_of_lam = {float(lam): tuple(choice) for lam, choice in entry["zeta"].items()}
+    y = task.measure(test, seed=seed + TEST_SEED)
+    n_images, block = test.shape[0], settings.block_images
     zeta_one = zeta_of_lam[max(settings.lams)]
-    draws = [restored[-1]] if max(settings.lams) == 1.0 else []
+    # λ = 1's sweep restorations are the first draw (read back from their pieces)
+    draws = [_sweep_restorations(model, replace(task, zeta=zeta_of_lam), test, settings, seed, pieces)[-1]] \
+        if max(settings.lams) == 1.0 else []
     while len(draws) < max(settings.average_counts):
-        draws.append(traverse_task(model, replace(task, zeta=zeta_one), y, [1.0], settings.steps,
-                                   seed=seed + AVERAGE_SEED * len(draws))[0])
+        draw_seed = seed + AVERAGE_SEED * len(draws)
+        draws.append(pieces.in_blocks(f"{task.name} DPS draw {len(draws)}", n_images, block, compute=lambda start, stop, draw_seed=draw_seed:
+                                      traverse_task(model, replace(task, zeta=zeta_one), y[start:stop], [1.0], settings.steps,
+                                                    seed=draw_seed + start)[0]))
     means = torch.stack([torch.stack(draws[:count]).mean(0) for count in settings.average_counts])
     averaging = [dict(row, samples=count) for row, count in
                  zip(dp_rows(test, means, settings.average_counts), settings.average_counts)]
     progress.step(f"{task.name}: averaging baseline")
-    seeds = [seed + index for index in range(test.shape[0])]
+    seeds = [seed + index for index in range(n_images)]
     ddim_zeta = float(task.step_sizes(model, settings.steps, zeta_one).mean())
-    ddim = torch.stack([ddim_dps_sample(model, task.operator(), y, eta, ddim_zeta, settings.steps, seeds)
+    ddim = torch.stack([pieces.in_blocks(f"{task.name} DDIM eta {eta:g}", n_images, block, compute=lambda start, stop, eta=eta:
+                                         ddim_dps_sample(model, task.operator(), y[start:stop], eta, ddim_zeta, settings.steps,
+                                                         seeds[start:stop]))
                         for eta in settings.etas])
     ddim_rows = [dict(row, eta=eta) for row, eta in zip(dp_rows(test, ddim, settings.etas), settings.etas)]
     progress.step(f"{task.name}: DDIM-η baseline")
-    return {"zeta": {str(lam): list(zeta) for lam, zeta in zeta_of_lam.items()}, "lam_sweep": lam_sweep,
-            "averaging": averaging, "ddim": ddim_rows}
+    return {"averaging": averaging, "ddim": ddim_rows}
 
 
-def _deepinv_series(model, task: ImageTask, test, train, settings: Settings, seed: int, progress) -> list[dict]:
+def _deepinv_series(model, task: ImageTask, test, train, settings: Settings, seed: int, progress,
+                    pieces: PieceStore) -> list[dict]:
     """deepinv's DPS at each α, its weight the lowest training-image MSE of the grid."""
     from dpfast.baselines.deepinv_dps import deepinv_restoration
 
-    def restore(images, y, alpha, weight, run_seed):
+    def restore(y, alpha, weight, run_seed):
         return deepinv_restoration(model, task.operator(), y, settings.steps, torch.float32, weight=weight,
-                                   solver="ancestral", alpha=alpha, seed=run_seed)().to(images.dtype)
+                                   solver="ancestral", alpha=alpha, seed=run_seed)().to(test.dtype)
 
     y_train = task.measure(train, seed=seed + SEARCH_SEED)
     y_test = task.measure(test, seed=seed + TEST_SEED)
     restored, weights = [], []
     for alpha in settings.deepinv_alphas:
-        errors = {weight: float(metrics.mse(restore(train, y_train, alpha, weight, seed + SEARCH_SEED), train).mean())
-                  for weight in settings.deepinv_weights}
+        errors = {}
+        for weight in settings.deepinv_weights:
+            trained = pieces.get(f"{task.name} deepinv alpha {alpha:g} search weight {weight:g}",
+                                 lambda weight=weight: restore(y_train, alpha, weight, seed + SEARCH_SEED))
+            errors[weight] = float(metrics.mse(trained, train).mean())
         weights.append(min(errors, key=lambda weight: errors[weight] if math.isfinite(errors[weight]) else math.inf))
-        restored.append(restore(test, y_test, alpha, weights[-1], seed))
+        # deepinv draws one generator per call: a block's noise comes from seed + its first image
+        restored.append(pieces.in_blocks(f"{task.name} deepinv alpha {alpha:g}", test.shape[0], settings.block_images,
+                                         compute=lambda start, stop, alpha=alpha: restore(
+                                             y_test[start:stop], alpha, weights[-1], seed + start)))
     rows = [dict(row, alpha=alpha, weight=weight) for row, alpha, weight in
             zip(dp_rows(test, torch.stack(restored), settings.deepinv_alphas), settings.deepinv_alphas, weights)]
     progress.step(f"{task.name}: deepinv DPS α baseline (weights {weights})")
@@ -211,10 +259,9 @@ def _weights_digest(model) -> str:
 
 
 def _resume(partial_path: Path, run_key: dict) -> dict:
-    """The finished tasks of an interrupted run with the same settings, seed and weights (else none).
-
-    A run writes ``images.partial.json`` after every task (and every deepinv series), so a
-    long CPU run killed part-way loses at most one task's work when started again.
+    """Task name → the finished phases' numbers of an interrupted run with the same settings,
+    seed and weights (else none). A run writes ``images.partial.json`` after every phase of
+    every task; the work inside an unfinished phase comes back from its stored pieces.
     """
     if not partial_path.exists():
         return {}
@@ -226,7 +273,7 @@ def _resume(partial_path: Path, run_key: dict) -> dict:
     if saved.get("key") != json.loads(json.dumps(run_key)):
         print(f"[{NAME}] {partial_path} is from a run with other settings, seed or weights: starting afresh", flush=True)
         return {}
-    print(f"[{NAME}] resuming: {len(saved['tasks'])} task(s) read back from {partial_path}", flush=True)
+    print(f"[{NAME}] resuming: finished phases of {len(saved['tasks'])} task(s) read back from {partial_path}", flush=True)
     return saved["tasks"]
 
 

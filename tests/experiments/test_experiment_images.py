@@ -81,33 +81,87 @@ TWO_TASKS = replace(images.QUICK, images=2, steps=4, zeta_factors=(1.0,), consta
                     average_counts=(1,), deepinv_alphas=(), tasks=images.TASKS[:2])
 
 
-def test_an_interrupted_run_resumes_without_redoing_finished_tasks(tmp_path, monkeypatch):
-    real_run_task, calls = images._run_task, []
+def test_an_interrupted_run_resumes_without_redoing_finished_phases(tmp_path, monkeypatch):
+    """Phase by phase over the tasks (every λ sweep, then the baselines), each finished one kept."""
+    real = {name: getattr(images, name) for name in ("_lam_sweep", "_baselines")}
+    calls = []
 
-    def interrupted_after_the_first_task(model, task, *args):
-        calls.append(task.name)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed part-way")
-        return real_run_task(model, task, *args)
+    def counting(name, kill_at=None):
+        def wrapped(model, task, *args):
+            calls.append((name, task.name))
+            if len(calls) == kill_at:
+                raise KeyboardInterrupt("killed part-way")
+            return real[name](model, task, *args)
+        return wrapped
 
-    monkeypatch.setattr(images, "_run_task", interrupted_after_the_first_task)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(images, "_lam_sweep", counting("_lam_sweep"))
+    monkeypatch.setattr(images, "_baselines", counting("_baselines", kill_at=4))
+    with pytest.raises(KeyboardInterrupt):  # in the second task's baselines
         images.run(tmp_path, settings=TWO_TASKS)
+    first, second = (task.name for task in images.TASKS[:2])
+    assert calls == [("_lam_sweep", first), ("_lam_sweep", second), ("_baselines", first), ("_baselines", second)]
     partial = json.loads((tmp_path / "images.partial.json").read_text())
-    assert list(partial["tasks"]) == [images.TASKS[0].name]
-
-    def counted(model, task, *args):
-        calls.append(task.name)
-        return real_run_task(model, task, *args)
+    assert "averaging" in partial["tasks"][first] and set(partial["tasks"][second]) == {"zeta", "lam_sweep", "seconds"}
 
     calls.clear()
-    monkeypatch.setattr(images, "_run_task", counted)
+    monkeypatch.setattr(images, "_baselines", counting("_baselines"))
     results = images.run(tmp_path, settings=TWO_TASKS)
-    assert calls == [images.TASKS[1].name]  # the first task was read back, not recomputed
-    assert results["tasks"][images.TASKS[0].name] == partial["tasks"][images.TASKS[0].name]
-    assert all(entry["seconds"] > 0 for entry in results["tasks"].values())
+    assert calls == [("_baselines", second)]  # everything else was read back, not recomputed
+    assert results["tasks"][first] == partial["tasks"][first]
+    assert results["tasks"][second]["lam_sweep"] == partial["tasks"][second]["lam_sweep"]
+    assert results["tasks"][second]["seconds"] > partial["tasks"][second]["seconds"] > 0  # both phases counted
     assert results["meta"]["command"].endswith("(custom settings: see the JSON's settings)")
     assert not (tmp_path / "images.partial.json").exists()
+
+
+# One task, 4 images in blocks of 2, 4 steps: a task with pieces to resume inside it.
+BLOCKED = replace(TWO_TASKS, images=4, tasks=images.TASKS[:1], block_images=2)
+
+
+def test_a_run_killed_inside_a_task_reads_its_finished_pieces_back(tmp_path, monkeypatch):
+    from dpfast.experiments import image_tasks
+
+    whole = images.run(tmp_path / "whole", settings=BLOCKED)
+    calls = {"search": 0, "chains": 0, "ddim": 0}
+    real_search, real_traverse, real_ddim = image_tasks.traverse_task, images.traverse_task, images.ddim_dps_sample
+
+    def counting(kind, real, kill_at=None):
+        def wrapped(*args, **kwargs):
+            calls[kind] += 1
+            if calls[kind] == kill_at:
+                raise KeyboardInterrupt("killed part-way")
+            return real(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(image_tasks, "traverse_task", counting("search", real_search))
+    monkeypatch.setattr(images, "traverse_task", counting("chains", real_traverse))
+    monkeypatch.setattr(images, "ddim_dps_sample", counting("ddim", real_ddim, kill_at=2))
+    with pytest.raises(KeyboardInterrupt):  # killed in the DDIM run's second block
+        images.run(tmp_path / "resumed", settings=BLOCKED)
+    assert calls == {"search": 1, "chains": 2, "ddim": 2}
+    partial = json.loads((tmp_path / "resumed" / "images.partial.json").read_text())
+    assert "lam_sweep" in partial["tasks"][images.TASKS[0].name] and "ddim" not in partial["tasks"][images.TASKS[0].name]
+
+    calls.update(search=0, chains=0, ddim=0)
+    monkeypatch.setattr(images, "ddim_dps_sample", counting("ddim", real_ddim))
+    resumed = images.run(tmp_path / "resumed", settings=BLOCKED)
+    # only the unfinished block was run again (the averaging's λ = 1 draw is the sweep's, read back)
+    assert calls == {"search": 0, "chains": 0, "ddim": 1}
+    (whole_task,), (resumed_task,) = whole["tasks"].values(), resumed["tasks"].values()
+    for series in ("zeta", "lam_sweep", "averaging", "ddim"):
+        assert resumed_task[series] == whole_task[series], series
+    assert resumed_task["seconds"] > 0
+    assert not (tmp_path / "resumed" / "images.pieces").exists()  # removed with the partial file at the end
+
+
+def test_blocks_of_test_images_restore_what_one_batch_restores(tmp_path):
+    """Image i keeps its seed in any block: only the batch's floating-point order differs."""
+    (blocked,) = images.run(tmp_path / "blocked", settings=BLOCKED)["tasks"].values()
+    (one_batch,) = images.run(tmp_path / "one", settings=replace(BLOCKED, block_images=4))["tasks"].values()
+    assert blocked["zeta"] == one_batch["zeta"]
+    for series in ("lam_sweep", "ddim"):
+        for row, reference in zip(blocked[series], one_batch[series], strict=True):
+            assert row["mse"] == pytest.approx(reference["mse"], rel=1e-4), (series, row, reference)
 
 
 STALE = json.dumps({"key": {"settings": {}, "seed": 0, "model_sha256": "0"}, "tasks": {images.TASKS[0].name: {"lam_sweep": []}}})
@@ -118,8 +172,8 @@ STALE = json.dumps({"key": {"settings": {}, "seed": 0, "model_sha256": "0"}, "ta
 def test_a_partial_file_from_other_settings_or_broken_is_not_reused(tmp_path, monkeypatch, capsys, stale, message):
     (tmp_path / "images.partial.json").write_text(stale)
     calls = []
-    real_run_task = images._run_task
-    monkeypatch.setattr(images, "_run_task", lambda model, task, *args: calls.append(task.name) or real_run_task(model, task, *args))
+    real_lam_sweep = images._lam_sweep
+    monkeypatch.setattr(images, "_lam_sweep", lambda model, task, *args: calls.append(task.name) or real_lam_sweep(model, task, *args))
     images.run(tmp_path, settings=TWO_TASKS, seed=3)
     assert calls == [task.name for task in images.TASKS[:2]]
     assert message in capsys.readouterr().out
