@@ -29,8 +29,10 @@
 # The full images experiment (section "images_full", issue #6: 256 held-out test images,
 # 100 steps, five tasks; `dpfast reproduce images --device cuda`) needs the test split too
 # (t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in the same folder. It writes
-# images.partial.json after every task; DPFAST_GPU_IMAGES_FROM=DIR (holding an earlier run's
-# images.partial.json) carries on from there, so a run cut by the deadline loses one task.
+# images.partial.json after every phase of every task (all λ sweeps, then the baselines);
+# DPFAST_GPU_IMAGES_FROM=DIR (holding an earlier run's images.partial.json) carries on from
+# there, so a run cut by the deadline loses one phase of one task. Its stored chain pieces
+# (images.pieces/, tens of MB) are left out of the returned archive.
 # deepinv's baselines need its wheel (and natsort's) carried in .data/wheels (see "install").
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -246,7 +248,7 @@ fi
 
 # ------------------------------------------------------------------ back to the caller
 if [ -n "${OUT:-}" ] && [ "$OUT" != "$RESULTS" ]; then
-  tar czf "$OUT/gpu_check.tar.gz" -C "$RESULTS" --exclude=checkpoint.pt .
+  tar czf "$OUT/gpu_check.tar.gz" -C "$RESULTS" --exclude=checkpoint.pt --exclude=images.pieces .
   if [ -f "$TRAIN_DIR/checkpoint.pt" ]; then
     split -b 15M "$TRAIN_DIR/checkpoint.pt" "$OUT/checkpoint.pt.part-"
   fi

@@ -14,9 +14,10 @@ and a JSON of its numbers into ``out_dir``, and returns the numbers.
 ``images``       held-out Fashion-MNIST test images, the built-in model: denoising,
                  deblurring, ×4 SR; λ sweep (ζ per λ searched on training images)
                  against averaging N DPS samples and DDIM-η; MSE/PSNR/SSIM/FD. The
-                 full size (256 images, 100 steps) is GPU work — about a day on a
-                 2-core CPU; ``--medium`` (32 images, 50 steps, resumable) fits a
-                 CPU session; ``--quick`` is the tests' 4-image version
+                 full size (256 images, 100 steps) is minutes of GPU work or ~20 h
+                 on a 2-core CPU, resumable in pieces of minutes across sessions;
+                 ``--medium`` (32 images, 50 steps) fits a CPU session; ``--quick``
+                 is the tests' 4-image version
 ``score_swap``   the demo's denoising with four scores (the built-in network, the exact
                  score of a Gaussian fitted to the training set, and the two mixed at
                  t = 600 / 300): is λ = 0's poor MSE the method's fault or the network's?

@@ -131,17 +131,20 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
     run_key = {"settings": results["settings"], "seed": seed, "model_sha256": _weights_digest(model)}
     results["tasks"] = _resume(partial_path, run_key)
     pieces = PieceStore(out_dir / f"{NAME}.pieces", run_key, device, log=lambda line: print(f"[{NAME}]   piece: {line}", flush=True))
-    phases = [("lam_sweep", 2, "seconds", lambda task, entry: _lam_sweep(model, task, test, train, settings, seed, progress, pieces)),
-              ("averaging", 2, "seconds", lambda task, entry: _baselines(model, task, entry, test, settings, seed, progress, pieces))]
+    # (the key its numbers go under, what it is, progress units, the key of its seconds, the work)
+    phases = [("lam_sweep", "step-size search and λ sweep", 2, "seconds",
+               lambda task, entry: _lam_sweep(model, task, test, train, settings, seed, progress, pieces)),
+              ("averaging", "averaging and DDIM-η baselines", 2, "seconds",
+               lambda task, entry: _baselines(model, task, entry, test, settings, seed, progress, pieces))]
     if with_deepinv:
-        phases.append(("deepinv", 1, "deepinv_seconds", lambda task, entry: {
+        phases.append(("deepinv", "deepinv DPS α baseline", 1, "deepinv_seconds", lambda task, entry: {
             "deepinv": _deepinv_series(model, task, test, train, settings, seed, progress, pieces)}))
     # phase by phase over the tasks: a CPU run spread over sessions has every task's λ sweep first
-    for series, units, seconds_key, compute in phases:
+    for series, label, units, seconds_key, compute in phases:
         for task in settings.tasks:
             entry = results["tasks"].setdefault(task.name, {})
             if series in entry:
-                progress.skip(units, f"{task.name}: {series} read back from {partial_path.name}")
+                progress.skip(units, f"{task.name}: {label} read back from {partial_path.name}")
                 continue
             started_phase, read_back = time.perf_counter(), pieces.read_back_seconds
             entry.update(compute(task, entry))
