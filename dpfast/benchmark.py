@@ -321,16 +321,49 @@ def run_provider(workload: Workload, provider: str, device, model=None, log: Cal
 
 
 def peak_memory(run: Callable, device) -> int | None:
-    """Peak CUDA memory allocated during one more call of ``run``, what was already held
-    (weights, static buffers) included: the memory a restoration at this batch needs.
-    None off CUDA."""
+    """Peak memory of one more call of ``run``, what was already held included.
+
+    On CUDA, the memory torch allocated (weights and static buffers included). On a Linux
+    CPU, the process's peak resident set during the call (:func:`resident_peak`): the
+    interpreter, libraries and weights included, and memory the C allocator kept from
+    earlier calls, so compare batch sizes within one run. None where neither can be read.
+    """
     if torch.device(device).type != "cuda":
-        return None
+        return resident_peak(run)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     run()
     torch.cuda.synchronize()
     return int(torch.cuda.max_memory_allocated())
+
+
+def resident_peak(run: Callable) -> int | None:
+    """The process's peak resident set size in bytes while ``run()`` runs (Linux: VmHWM,
+    reset to the current resident set first by writing 5 to /proc/self/clear_refs). None
+    where /proc cannot reset or report it (``run`` is then not called)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return None
+    run()
+    return _process_status_bytes("VmHWM")
+
+
+def resident_now() -> int | None:
+    """The process's resident set size in bytes now (Linux: VmRSS), or None."""
+    return _process_status_bytes("VmRSS")
+
+
+def _process_status_bytes(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024  # the kernel reports kB
+    except OSError:
+        pass
+    return None
 
 
 def device_name(device) -> str:
@@ -390,6 +423,11 @@ def summary_table(rows: Sequence[dict], device, timer: str = "time.perf_counter"
                   "matmul ceiling (best square matmul here, in the network's dtype"
                   + ("; float32 in TF32, as cuDNN's convolutions run it" if tf32 else "") + "): "
                   + ", ".join(f"{precision} {rate / 1e12:.3g} TFLOP/s" for precision, rate in ceilings)]
+    if any(r.get("peak_bytes") is not None for r in rows):
+        lines += ["", "peak MiB: " + ("CUDA memory torch allocated during one restoration, weights and buffers included"
+                                      if torch.device(device).type == "cuda" else
+                                      "the process's peak resident set during one restoration (VmHWM), interpreter, "
+                                      "libraries and weights included")]
     return lines
 
 

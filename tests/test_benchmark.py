@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dpfast.benchmark import (PROVIDERS, Workload, benchmark_operator, main, matmul_ceiling, measurement, network_flops,
-                              restoration, run_provider)
+                              resident_peak, restoration, run_provider)
 from dpfast.models.base import ScoreModel
 from dpfast.models.toy import ToyConvScore
 from dpfast.schedule import Schedule
@@ -24,6 +24,8 @@ def test_bench_prints_one_row_per_batch_and_provider(tmp_path, capsys):
         tflops, share = (cell.strip() for cell in row.split("|")[-3:-1])
         assert float(tflops) > 0 and share.endswith("%"), row
     assert re.search(r"matmul ceiling \(best square matmul here, in the network's dtype\): float32 [0-9.e+-]+ TFLOP/s", out)
+    if resident_peak(lambda: None) is not None:  # Linux: the process's peak resident set per restoration
+        assert all(float(row.split("|")[11]) > 0 for row in rows) and "peak MiB: the process's peak resident set" in out
 
 
 class OneConv(ScoreModel):
