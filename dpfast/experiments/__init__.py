@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m dpfast.experiments",
         description="Reproduce the paper's experiments (figures and a JSON of numbers per experiment).",
+        epilog="images keeps its finished work in OUT as it goes: run the same command again (same -o, size, "
+               "seed) to continue an interrupted run where it stopped.",
     )
     parser.add_argument("names", nargs="+", choices=[*EXPERIMENTS, "all"], metavar="NAME",
                         help=f"experiment(s) to run: {', '.join(EXPERIMENTS)} or all")

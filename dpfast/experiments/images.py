@@ -147,11 +147,14 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
                 progress.skip(units, f"{task.name}: {label} read back from {partial_path.name}")
                 continue
             started_phase, read_back = time.perf_counter(), pieces.read_back_seconds
-            entry.update(compute(task, entry))
+            computed = compute(task, entry)
+            entry.update(computed)
             # this run's time plus what the pieces it read back cost the runs that computed them
             seconds = time.perf_counter() - started_phase + pieces.read_back_seconds - read_back
             entry[seconds_key] = entry.get(seconds_key, 0.0) + seconds
             common.write_json(partial_path, {"key": run_key, "tasks": results["tasks"]})
+            _print_rows(f"{task.name}: {label} ({settings.images} test images, {settings.steps} steps, {seconds:.0f} s)",
+                        {key: entry[key] for key in ("lam_sweep", "averaging", "ddim", "deepinv") if key in computed})
     _plot(results, out_dir / f"{NAME}_dp_curve.png")
     results["figures"] = [f"{NAME}_dp_curve.png"]
     size_flag = {"quick": "", "full": "", "medium": "--medium"}.get(_size_name(settings))
@@ -160,14 +163,19 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
     partial_path.unlink(missing_ok=True)
     pieces.remove()
     for name, task_results in results["tasks"].items():
-        rows = [(f"λ = {row['lam']:g} ({'c' if row['zeta'][0] == 'beta' else 'ζ'} {row['zeta'][1]:g})", row)
-                for row in task_results["lam_sweep"]]
-        rows += [(f"mean of {row['samples']} DPS samples", row) for row in task_results["averaging"]]
-        rows += [(f"DDIM η = {row['eta']:g}", row) for row in task_results["ddim"]]
-        rows += [(f"deepinv DPS α = {row['alpha']:g} (weight {row['weight']:g})", row) for row in task_results.get("deepinv", [])]
-        common.print_table(f"{name}: {settings.images} test images, {settings.steps} steps", ("method", "MSE", "PSNR", "SSIM", "FD"),
-                           [(label, row["mse"], row["psnr"], row["ssim"], row["fd"]) for label, row in rows])
+        _print_rows(f"{name}: {settings.images} test images, {settings.steps} steps", task_results)
     return results
+
+
+def _print_rows(title: str, task_results: dict) -> None:
+    """The table of whichever series ``task_results`` holds (a finished phase, or the whole task)."""
+    rows = [(f"λ = {row['lam']:g} ({'c' if row['zeta'][0] == 'beta' else 'ζ'} {row['zeta'][1]:g})", row)
+            for row in task_results.get("lam_sweep", [])]
+    rows += [(f"mean of {row['samples']} DPS samples", row) for row in task_results.get("averaging", [])]
+    rows += [(f"DDIM η = {row['eta']:g}", row) for row in task_results.get("ddim", [])]
+    rows += [(f"deepinv DPS α = {row['alpha']:g} (weight {row['weight']:g})", row) for row in task_results.get("deepinv", [])]
+    common.print_table(title, ("method", "MSE", "PSNR", "SSIM", "FD"),
+                       [(label, row["mse"], row["psnr"], row["ssim"], row["fd"]) for label, row in rows])
 
 
 def _lam_sweep(model, task: ImageTask, test, train, settings: Settings, seed: int, progress, pieces: PieceStore) -> dict:
