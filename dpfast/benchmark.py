@@ -326,7 +326,9 @@ def peak_memory(run: Callable, device) -> int | None:
     On CUDA, the memory torch allocated (weights and static buffers included). On a Linux
     CPU, the process's peak resident set during the call (:func:`resident_peak`): the
     interpreter, libraries and weights included, and memory the C allocator kept from
-    earlier calls, so compare batch sizes within one run. None where neither can be read.
+    earlier work in the process (a later, smaller workload can reuse it without showing
+    it: for clean per-batch figures run one workload per process). None where neither
+    can be read.
     """
     if torch.device(device).type != "cuda":
         return resident_peak(run)
@@ -427,7 +429,7 @@ def summary_table(rows: Sequence[dict], device, timer: str = "time.perf_counter"
         lines += ["", "peak MiB: " + ("CUDA memory torch allocated during one restoration, weights and buffers included"
                                       if torch.device(device).type == "cuda" else
                                       "the process's peak resident set during one restoration (VmHWM), interpreter, "
-                                      "libraries and weights included")]
+                                      "libraries, weights and memory kept from earlier rows of this process included")]
     return lines
 
 
