@@ -342,7 +342,7 @@ def peak_memory(run: Callable, device) -> int | None:
 def resident_peak(run: Callable) -> int | None:
     """The process's peak resident set size in bytes while ``run()`` runs (Linux: VmHWM,
     reset to the current resident set first by writing 5 to /proc/self/clear_refs). None
-    where /proc cannot reset or report it (``run`` is then not called)."""
+    where /proc cannot reset it (``run`` is then not called) or report it."""
     try:
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")
