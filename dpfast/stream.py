@@ -75,8 +75,9 @@ class Stream:
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
         self._results: dict[int, torch.Tensor | BaseException] = {}
+        self._uncollected: set[int] = set()  # tickets issued and not yet collected (or abandoned)
+        self._abandoned: set[int] = set()  # uncollected tickets whose results are to be dropped
         self._next_ticket = 0
-        self._uncollected = 0
         self._closed = False
         self._worker = threading.Thread(target=self._work, name="dpfast-stream", daemon=True)
         self._worker.start()
@@ -99,40 +100,70 @@ class Stream:
                 raise RuntimeError("submit() on a closed Stream")
             ticket = self._next_ticket
             self._next_ticket += 1
-            self._uncollected += 1
+            self._uncollected.add(ticket)
             # put under the lock so tickets enter the queue in ticket order
             self._inbox.put((ticket, frame.detach()))
         return ticket
 
     def result(self, ticket: int, timeout: float | None = None) -> torch.Tensor:
-        """The restoration of ``ticket`` (waits for it); each ticket can be collected once."""
+        """The restoration of ``ticket`` (waits for it); each ticket can be collected once.
+
+        Raises ``ValueError`` for a ticket this stream never issued or that was already
+        collected, ``TimeoutError`` after ``timeout`` seconds (the ticket stays collectable).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._ready:
             if not 0 <= ticket < self._next_ticket:
                 raise ValueError(f"ticket {ticket} was never issued by this Stream")
             while ticket not in self._results:
+                if ticket not in self._uncollected or ticket in self._abandoned:  # collected before, or meanwhile by another thread
+                    raise ValueError(f"ticket {ticket} was already collected (or abandoned by an unfinished map())")
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"frame {ticket} not restored within {timeout} s")
                 if not self._worker.is_alive():
-                    raise RuntimeError(f"the stream's worker stopped before frame {ticket} (already collected?)")
+                    raise RuntimeError(f"the stream's worker stopped before restoring frame {ticket}")
                 self._ready.wait(remaining if remaining is not None else 0.5)
             outcome = self._results.pop(ticket)
-            self._uncollected -= 1
+            self._uncollected.discard(ticket)
         self._slots.release()
         if isinstance(outcome, BaseException):
             raise RuntimeError(f"restoring frame {ticket} failed: {outcome}") from outcome
         return outcome
 
     def map(self, frames: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
-        """Restore an iterable of frames, yielding results in order while submitting ahead."""
+        """Restore an iterable of frames, yielding results in order while submitting ahead.
+
+        Stopping early (``break``, or closing the generator) abandons the frames it had
+        submitted ahead: their results are dropped as they arrive and their slots freed, so
+        a later ``submit`` does not block on them.
+        """
         submitted: list[int] = []
-        for frame in frames:
-            while len(submitted) >= self.max_pending:
+        try:
+            for frame in frames:
+                while len(submitted) >= self.max_pending:
+                    yield self.result(submitted.pop(0))
+                submitted.append(self.submit(frame))
+            while submitted:
                 yield self.result(submitted.pop(0))
-            submitted.append(self.submit(frame))
-        for ticket in submitted:
-            yield self.result(ticket)
+        finally:
+            self._abandon(submitted)
+
+    def _abandon(self, tickets: list[int]) -> None:
+        """Drop the results of uncollected ``tickets`` (now or when they arrive) and free their slots."""
+        freed = 0
+        with self._lock:
+            for ticket in tickets:
+                if ticket not in self._uncollected:
+                    continue
+                if ticket in self._results:
+                    del self._results[ticket]
+                    self._uncollected.discard(ticket)
+                    freed += 1
+                else:
+                    self._abandoned.add(ticket)
+        for _ in range(freed):
+            self._slots.release()
 
     # -------------------------------------------------------------------- worker
     def _work(self) -> None:
@@ -165,9 +196,18 @@ class Stream:
             outcomes = list(self.sampler.restore(frames, lam=self.lam, sigma_n=self.sigma_n, seed=seeds))
         except BaseException as error:  # handed to whoever collects these frames
             outcomes = [error] * len(tickets)
+        dropped = 0
         with self._ready:
-            self._results.update(zip(tickets, outcomes))
+            for ticket, outcome in zip(tickets, outcomes):
+                if ticket in self._abandoned:
+                    self._abandoned.discard(ticket)
+                    self._uncollected.discard(ticket)
+                    dropped += 1
+                else:
+                    self._results[ticket] = outcome
             self._ready.notify_all()
+        for _ in range(dropped):
+            self._slots.release()
 
     # ------------------------------------------------------------------ shutdown
     def close(self, timeout: float | None = None) -> None:
@@ -183,9 +223,10 @@ class Stream:
 
     @property
     def pending(self) -> int:
-        """Frames submitted and not yet collected (at most ``max_pending``)."""
+        """Frames submitted and not yet collected (at most ``max_pending``; abandoned ones count until
+        their results arrive)."""
         with self._lock:
-            return self._uncollected
+            return len(self._uncollected)
 
     def __enter__(self) -> "Stream":
         return self

@@ -112,3 +112,26 @@ def test_bad_frames_and_arguments_are_rejected(sampler):
             frame = _frame(0)
             frame[0, 0, 0] = float("nan")
             stream.submit(frame)
+
+
+def test_a_ticket_collected_twice_is_an_error_not_a_hang(sampler):
+    with Stream(sampler, batch=2) as stream:
+        ticket = stream.submit(_frame(0))
+        stream.result(ticket)
+        with pytest.raises(ValueError, match="ticket 0 was already collected"):
+            stream.result(ticket, timeout=5)
+        with pytest.raises(ValueError, match="ticket 7 was never issued"):
+            stream.result(7)
+
+
+def test_leaving_map_early_frees_the_frames_it_submitted_ahead(sampler):
+    """map() had 4 frames submitted ahead when the consumer stopped after one: their slots come back."""
+    with Stream(sampler, batch=2, max_pending=4) as stream:
+        outputs = stream.map(_frame(i) for i in range(10))
+        next(outputs)
+        outputs.close()  # three frames were still in flight
+        tickets = [stream.submit(_frame(i), timeout=10) for i in range(4)]  # blocks forever without the release
+        assert [stream.result(ticket).shape for ticket in tickets] == [SHAPE] * 4
+        assert stream.pending == 0
+        with pytest.raises(ValueError, match="already collected"):
+            stream.result(1)  # abandoned by the map
