@@ -235,6 +235,17 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--operator", default=None, help="custom: MODULE:FUNCTION of a differentiable callable")
 
 
+def check_arguments(args) -> None:
+    """Reject out-of-range numbers by their flag before any model is loaded or file written."""
+    from dpfast import validation
+
+    if args.command == "restore":
+        validation.check_lam(args.lam, "--lam")
+    validation.check_number("--sigma-n", args.sigma_n, 0.0)
+    validation.check_number("--zeta", args.zeta, 0.0)
+    validation.check_positive_int("--steps", args.steps)  # its upper end (the model's T) is checked by the sampler
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpfast", description="Diffusion posterior sampling with a distortion–perception knob.")
     commands = parser.add_subparsers(dest="command", metavar="{restore,traverse,demo,bench,reproduce}")
@@ -278,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "restore" and args.batch < 1:
         parser.error(f"--batch must be >= 1, got {args.batch}")
     try:
+        check_arguments(args)
         return {"restore": cmd_restore, "traverse": cmd_traverse}[args.command](args)
     except (ValueError, TypeError, OSError, RuntimeError) as error:
         print(f"dpfast {args.command}: error: {error}", file=sys.stderr)

@@ -82,13 +82,16 @@ def test_traverse_writes_a_strip(tmp_path, image_folder, checkpoint):
 @pytest.mark.parametrize(
     "make_input, extra, message",
     [
-        (lambda d: d, ["--lam", "1.5"], "lam must lie in"),
+        (lambda d: d, ["--lam", "1.5"], r"--lam must lie in \[0.0, 1.0\], got 1.5"),
+        (lambda d: d, ["--sigma-n", "-0.1"], r"--sigma-n must lie in \[0.0, inf\], got -0.1"),
+        (lambda d: d, ["--zeta", "nan"], "--zeta must be finite, got nan"),
+        (lambda d: d, ["--steps", "0"], r"--steps must lie in \[1, inf\], got 0"),
         (lambda d: d / "missing.png", [], "does not exist"),
         (lambda d: (d / "empty").mkdir() or d / "empty", [], "holds no"),
         (lambda d: _write(d / "bad.png", b"not a png"), [], "cannot read image"),
         (lambda d: Image.new("L", (20, 20)).save(d / "small.png") or d / "small.png", [], r"has shape \(1, 20, 20\)"),
     ],
-    ids=["lam-out-of-range", "missing-file", "empty-folder", "truncated-image", "wrong-size"],
+    ids=["lam-out-of-range", "negative-sigma-n", "nan-zeta", "zero-steps", "missing-file", "empty-folder", "truncated-image", "wrong-size"],
 )
 def test_bad_input_is_a_clean_error_and_writes_nothing(tmp_path, image_folder, checkpoint, make_input, extra, message, capsys):
     source = image_folder if extra else make_input(tmp_path)
