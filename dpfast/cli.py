@@ -227,6 +227,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="base seed; each image's seed also hashes its file name")
     parser.add_argument("--degrade", action="store_true", help="inputs are clean images: synthesise y = A(x) + σ_n n")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's, one per core); 1 on a CPU that other work shares")
     parser.add_argument("--blur-size", type=int, default=61, help="deblur: kernel size (default 61)")
     parser.add_argument("--blur-sigma", type=float, default=3.0, help="deblur: kernel sigma (default 3.0)")
     parser.add_argument("--factor", type=int, default=4, help="sr: downsampling factor (default 4)")
@@ -244,6 +246,8 @@ def check_arguments(args) -> None:
     validation.check_number("--sigma-n", args.sigma_n, 0.0)
     validation.check_number("--zeta", args.zeta, 0.0)
     validation.check_positive_int("--steps", args.steps)  # its upper end (the model's T) is checked by the sampler
+    if args.threads is not None:
+        validation.check_positive_int("--threads", args.threads)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--batch must be >= 1, got {args.batch}")
     try:
         check_arguments(args)
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
         return {"restore": cmd_restore, "traverse": cmd_traverse}[args.command](args)
     except (ValueError, TypeError, OSError, RuntimeError) as error:
         print(f"dpfast {args.command}: error: {error}", file=sys.stderr)

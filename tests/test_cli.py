@@ -86,12 +86,13 @@ def test_traverse_writes_a_strip(tmp_path, image_folder, checkpoint):
         (lambda d: d, ["--sigma-n", "-0.1"], r"--sigma-n must lie in \[0.0, inf\], got -0.1"),
         (lambda d: d, ["--zeta", "nan"], "--zeta must be finite, got nan"),
         (lambda d: d, ["--steps", "0"], r"--steps must lie in \[1, inf\], got 0"),
+        (lambda d: d, ["--threads", "0"], r"--threads must lie in \[1, inf\], got 0"),
         (lambda d: d / "missing.png", [], "does not exist"),
         (lambda d: (d / "empty").mkdir() or d / "empty", [], "holds no"),
         (lambda d: _write(d / "bad.png", b"not a png"), [], "cannot read image"),
         (lambda d: Image.new("L", (20, 20)).save(d / "small.png") or d / "small.png", [], r"has shape \(1, 20, 20\)"),
     ],
-    ids=["lam-out-of-range", "negative-sigma-n", "nan-zeta", "zero-steps", "missing-file", "empty-folder", "truncated-image", "wrong-size"],
+    ids=["lam-out-of-range", "negative-sigma-n", "nan-zeta", "zero-steps", "zero-threads", "missing-file", "empty-folder", "truncated-image", "wrong-size"],
 )
 def test_bad_input_is_a_clean_error_and_writes_nothing(tmp_path, image_folder, checkpoint, make_input, extra, message, capsys):
     source = image_folder if extra else make_input(tmp_path)
@@ -148,3 +149,10 @@ def test_restore_with_the_builtin_model(tmp_path, image_folder):
     assert code == 0
     images = [np.asarray(Image.open(path)) for path in sorted(out.iterdir())]
     assert len(images) == 4 and all(image.shape == (32, 32) for image in images)
+
+
+def test_threads_sets_torchs_thread_count(tmp_path, image_folder, checkpoint, monkeypatch):
+    asked = []
+    monkeypatch.setattr(torch, "set_num_threads", asked.append)  # the test process keeps its own count
+    assert _restore(image_folder, tmp_path / "out", checkpoint, "--threads", "1") == 0
+    assert asked == [1]
