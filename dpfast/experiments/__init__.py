@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m dpfast.experiments",
         description="Reproduce the paper's experiments (figures and a JSON of numbers per experiment).",
         epilog="images keeps its finished work in OUT as it goes: run the same command again (same -o, size, "
-               "seed) to continue an interrupted run where it stopped.",
+               "seed) to continue an interrupted run where it stopped; `images --status -o OUT` shows how far it got.",
     )
     parser.add_argument("names", nargs="+", choices=[*EXPERIMENTS, "all"], metavar="NAME",
                         help=f"experiment(s) to run: {', '.join(EXPERIMENTS)} or all")
@@ -101,12 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--medium", action="store_true",
                       help=f"a size that fits a CPU session (only {', '.join(SIZED)}: 32 images, 50 steps; resumable)")
     parser.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
+    parser.add_argument("--status", action="store_true",
+                        help="images only: print what the run in OUT has finished so far and exit (computes nothing)")
     parser.add_argument("--device", default="cpu",
                         help=f"where the chains run (default: cpu); only {', '.join(ON_DEVICE)} can use a GPU, e.g. cuda")
     args = parser.parse_args(argv)
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
     names = list(EXPERIMENTS) if "all" in args.names else list(dict.fromkeys(args.names))
+    if args.status:
+        if names != ["images"]:
+            parser.error(f"--status: only images keeps a run's state, got {' '.join(names)}")
+        load("images").status(args.out)
+        return 0
     if args.medium and any(name not in SIZED for name in names):
         parser.error(f"--medium: only {', '.join(SIZED)} have a medium size, got {' '.join(names)}")
     if args.device != "cpu":

@@ -38,7 +38,8 @@ every finished phase's numbers. Started again with the same settings, seed and w
 run reads both back and computes only the rest: a killed run loses at most the piece it
 was in. A task's ``seconds`` (search, sweep and baselines) and ``deepinv_seconds`` add the
 compute time of pieces read back (each stores what it cost), so they are the task's cost
-over all the runs that did it.
+over all the runs that did it. :func:`status` (``dpfast reproduce images --status -o OUT``)
+prints how far a run got without computing anything.
 
 Outputs: ``images.json`` and ``images_dp_curve.png`` (MSE against FD per task, with the
 baselines).
@@ -165,6 +166,57 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
     for name, task_results in results["tasks"].items():
         _print_rows(f"{name}: {settings.images} test images, {settings.steps} steps", task_results)
     return results
+
+
+def status(out_dir) -> dict:
+    """What an images run in ``out_dir`` has finished, printed and returned; computes nothing.
+
+    For an interrupted run: each task's finished phases (and their tables), and the pieces
+    stored so far (they stay until the run ends) against the number the whole run computes
+    (``expected``, counting deepinv's when it is installed here), with the wall seconds
+    they took. A finished
+    run's ``images.json`` is summarised instead. Returns ``{"state": "none" | "partial" |
+    "finished", ...}``.
+    """
+    out_dir = Path(out_dir)
+    final, partial_path = out_dir / f"{NAME}.json", out_dir / f"{NAME}.partial.json"
+    if final.exists():
+        results = json.loads(final.read_text())
+        print(f"[{NAME}] finished run in {out_dir} ({final.name}):", flush=True)
+        for name, task_results in results["tasks"].items():
+            _print_rows(name, task_results)
+        return {"state": "finished", "tasks": results["tasks"]}
+    if not partial_path.exists():
+        print(f"[{NAME}] no images run in {out_dir}: neither {final.name} nor {partial_path.name} is there", flush=True)
+        return {"state": "none"}
+    saved = json.loads(partial_path.read_text())
+    key, tasks = saved["key"], saved["tasks"]
+    settings = key["settings"]
+    stored = PieceStore(out_dir / f"{NAME}.pieces", key).stored()
+    expected = _expected_pieces(settings, deepinv_available())
+    series_names = {"lam_sweep": "λ sweep", "averaging": "averaging", "ddim": "DDIM-η", "deepinv": "deepinv"}
+    print(f"[{NAME}] interrupted run in {out_dir}: {settings['images']} test images, {settings['steps']} steps, "
+          f"seed {key['seed']}", flush=True)
+    for name in settings["tasks"]:
+        done = [label for series, label in series_names.items() if series in tasks.get(name, {})]
+        print(f"[{NAME}]   {name}: {', '.join(done) if done else 'nothing finished'}", flush=True)
+    print(f"[{NAME}] pieces stored: {len(stored)} of the {expected} the whole run computes "
+          f"({sum(stored.values()) / 3600:.1f} h, the wall time they took)", flush=True)
+    for name, task_results in tasks.items():
+        _print_rows(f"{name}: finished so far", task_results)
+    return {"state": "partial", "tasks": tasks, "stored_pieces": len(stored), "stored_seconds": sum(stored.values()),
+            "expected_pieces": expected}
+
+
+def _expected_pieces(settings: dict, with_deepinv: bool) -> int:
+    """How many pieces a whole run with these settings (as stored in its key) computes."""
+    blocks = math.ceil(settings["images"] / settings["block_images"])
+    extra_draws = max(settings["average_counts"]) - (1 if max(settings["lams"]) == 1.0 else 0)
+    per_task = (len(settings["zeta_factors"]) + len(settings["constant_zetas"]) + blocks  # search, sweep
+                + extra_draws * blocks + len(settings["etas"]) * blocks)  # averaging, DDIM
+    if with_deepinv and settings["deepinv_alphas"]:
+        per_task += len(settings["deepinv_alphas"]) * (len(settings["deepinv_weights"]) + blocks)
+    return per_task * len(settings["tasks"])
 
 
 def _print_rows(title: str, task_results: dict) -> None:

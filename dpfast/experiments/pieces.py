@@ -89,6 +89,16 @@ class PieceStore:
             parts.append(self.get(label, lambda start=start, stop=stop: compute(start, stop)))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
 
+    def stored(self) -> dict[str, float]:
+        """File name → stored compute seconds of every readable piece in this run's folder (reads nothing else)."""
+        found = {}
+        for path in sorted(self.folder.glob("*.pt")):
+            try:
+                found[path.name] = float(torch.load(path, map_location="cpu", weights_only=True)["seconds"])
+            except Exception:  # a damaged piece will be recomputed; it holds no finished work
+                continue
+        return found
+
     def remove(self) -> None:
         """Delete this run's pieces (call after the final results are written), and their folder
         when no other run's pieces are left in it."""

@@ -154,6 +154,35 @@ def test_a_run_killed_inside_a_task_reads_its_finished_pieces_back(tmp_path, mon
     assert not (tmp_path / "resumed" / "images.pieces").exists()  # removed with the partial file at the end
 
 
+def test_status_shows_a_killed_run_and_counts_the_pieces_a_whole_run_stores(tmp_path, monkeypatch, capsys):
+    from dpfast.experiments.pieces import PieceStore
+
+    monkeypatch.setattr(PieceStore, "remove", lambda self: None)  # keep the pieces to count them at the end
+    assert images.status(tmp_path)["state"] == "none"
+    real_ddim, ddim_calls = images.ddim_dps_sample, []
+
+    def killed_at_the_second_block(*args, **kwargs):
+        ddim_calls.append(1)
+        if len(ddim_calls) == 2:
+            raise KeyboardInterrupt("killed part-way")
+        return real_ddim(*args, **kwargs)
+
+    monkeypatch.setattr(images, "ddim_dps_sample", killed_at_the_second_block)
+    with pytest.raises(KeyboardInterrupt):
+        images.run(tmp_path, settings=BLOCKED)
+    capsys.readouterr()
+    partial = images.status(tmp_path)
+    printed = capsys.readouterr().out
+    # one search choice, two sweep blocks, the first DDIM block; the λ = 1 draw is the sweep's
+    assert (partial["state"], partial["stored_pieces"], partial["expected_pieces"]) == ("partial", 4, 5)
+    assert f"{images.TASKS[0].name}: λ sweep\n" in printed and "pieces stored: 4 of the 5" in printed
+    monkeypatch.setattr(images, "ddim_dps_sample", real_ddim)
+    images.run(tmp_path, settings=BLOCKED)
+    (folder,) = (tmp_path / "images.pieces").iterdir()
+    assert len(list(folder.glob("*.pt"))) == partial["expected_pieces"]
+    assert images.status(tmp_path)["state"] == "finished"
+
+
 def test_blocks_of_test_images_restore_what_one_batch_restores(tmp_path):
     """Image i keeps its seed in any block: only the batch's floating-point order differs."""
     (blocked,) = images.run(tmp_path / "blocked", settings=BLOCKED)["tasks"].values()

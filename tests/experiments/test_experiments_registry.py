@@ -52,3 +52,12 @@ def test_a_device_is_refused_for_cpu_only_experiments_and_a_missing_cuda(capsys,
 def test_the_cpu_device_is_the_default_and_accepted_by_every_experiment(tmp_path):
     results = experiments.run("gaussian", tmp_path, quick=True, device="cpu")
     assert "--device" not in results["meta"]["command"] and results["meta"]["device"].startswith("CPU")
+
+
+def test_status_is_for_images_only_and_computes_nothing(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        experiments.main(["gmm_1d", "--status", "-o", str(tmp_path)])
+    assert "--status: only images keeps a run's state, got gmm_1d" in capsys.readouterr().err
+    assert experiments.main(["images", "--status", "-o", str(tmp_path)]) == 0
+    assert "no images run in" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []

@@ -48,6 +48,16 @@ def test_a_damaged_piece_is_computed_again_with_a_line_saying_so(tmp_path):
     assert len(compute.calls) == 3 and "cannot be read" in lines[0] and again.read_back == 0
 
 
+def test_stored_lists_the_readable_pieces_with_their_seconds(tmp_path):
+    store = PieceStore(tmp_path, KEY, log=lambda line: None)
+    assert store.stored() == {}
+    store.get("kept", Counter())
+    store.get("damaged", Counter())
+    store.path("damaged").write_bytes(b"not a torch file")
+    stored = PieceStore(tmp_path, KEY).stored()
+    assert list(stored) == [store.path("kept").name] and stored[store.path("kept").name] >= 0
+
+
 def test_blocks_concatenate_to_the_whole_and_a_missing_block_alone_is_recomputed(tmp_path):
     compute = Counter()
     store = PieceStore(tmp_path, KEY)
