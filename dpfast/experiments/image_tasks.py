@@ -124,13 +124,17 @@ def traverse_task(
     return sampler.traverse(y, list(lams), seed=seed)
 
 
-def dp_rows(truth: torch.Tensor, restorations: torch.Tensor, lams: Sequence[float], feature_network=None) -> list[dict]:
+def dp_rows(truth: torch.Tensor, restorations: torch.Tensor, lams: Sequence[float], feature_network=None,
+            reference: torch.Tensor | None = None) -> list[dict]:
     """Distortion and perception of each λ's restorations (``(L, N, ...)``) against ``truth`` (``(N, ...)``).
 
     MSE, PSNR and SSIM are means over images; FD compares the feature statistics of the
     restored set with those of the clean set (N ≥ 2; with few images it is a coarse,
-    rank-limited estimate). Computed on the CPU wherever the tensors live (a
-    ``feature_network`` must be on the CPU too).
+    rank-limited estimate). That set holds the very images restored, so FD falls with
+    distortion too; with ``reference`` — other clean images, disjoint from ``truth`` — each
+    row also has ``fd_unpaired``, the FD of the restorations to that set, whose floor is the
+    FD between two clean sets of that size. Computed on the CPU
+    wherever the tensors live (a ``feature_network`` must be on the CPU too).
     """
     if restorations.shape[0] != len(lams) or restorations.shape[1:] != truth.shape:
         raise ValueError(
@@ -138,6 +142,7 @@ def dp_rows(truth: torch.Tensor, restorations: torch.Tensor, lams: Sequence[floa
         )
     truth, restorations = truth.cpu(), restorations.cpu()
     truth_statistics = metrics.feature_statistics(truth, feature_network)
+    reference_statistics = None if reference is None else metrics.feature_statistics(reference.cpu(), feature_network)
     rows = []
     for lam, restored in zip(lams, restorations):
         restored_statistics = metrics.feature_statistics(restored, feature_network)
@@ -150,6 +155,8 @@ def dp_rows(truth: torch.Tensor, restorations: torch.Tensor, lams: Sequence[floa
                 fd=metrics.frechet_distance(*restored_statistics, *truth_statistics),
             )
         )
+        if reference_statistics is not None:
+            rows[-1]["fd_unpaired"] = metrics.frechet_distance(*restored_statistics, *reference_statistics)
     return rows
 
 

@@ -18,7 +18,10 @@ super-resolution with σ_n = 0.05. Per task:
    state stays at its timestep's noise level, unlike dpfast's λ), its ``weight`` per α
    searched on the same training images;
 5. per point: MSE, PSNR, SSIM against the truth and FD (the shipped feature network)
-   between the restored and the clean test set.
+   between the restored and the clean test set — the very images restored, so FD falls
+   with distortion as well — and ``fd_unpaired``, the FD to as many *other* clean test
+   images (the next ones of the split), whose floor is ``fd_floor``, the FD between the
+   two clean sets.
 
 ``FULL`` (256 test images, 100 steps) is sized for a GPU (``--device cuda``;
 ``bench/gpu_check.sh`` section ``images_full``): on a 2-core CPU it is ~20 hours of work
@@ -118,7 +121,9 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
 
         model = load_builtin()
     model = model.to(device)
-    test, _ = load_fashion_mnist("test", limit=settings.images)
+    # the test images restored, then as many other clean test images: the unpaired FD's reference
+    test, _ = load_fashion_mnist("test", limit=2 * settings.images)
+    test, reference = test[: settings.images], test[settings.images :]
     train, _ = load_fashion_mnist("train", limit=settings.search_images)
     test, train = test.to(device), train.to(device)
     out_dir = Path(out_dir)
@@ -127,19 +132,19 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
     if settings.deepinv_alphas and not with_deepinv:
         print(f"[{NAME}] deepinv is not installed (pip install dpfast[bench]): its α baseline is skipped", flush=True)
     progress = common.Progress(NAME, len(settings.tasks) * (5 if with_deepinv else 4))
-    results = {"tasks": {}, "settings": _settings_dict(settings)}
+    results = {"tasks": {}, "settings": _settings_dict(settings), "fd_floor": metrics.fd(test.cpu(), reference)}
     partial_path = out_dir / f"{NAME}.partial.json"
     run_key = {"settings": results["settings"], "seed": seed, "model_sha256": _weights_digest(model)}
     results["tasks"] = _resume(partial_path, run_key)
     pieces = PieceStore(out_dir / f"{NAME}.pieces", run_key, device, log=lambda line: print(f"[{NAME}]   piece: {line}", flush=True))
     # (the key its numbers go under, what it is, progress units, the key of its seconds, the work)
     phases = [("lam_sweep", "step-size search and λ sweep", 2, "seconds",
-               lambda task, entry: _lam_sweep(model, task, test, train, settings, seed, progress, pieces)),
+               lambda task, entry: _lam_sweep(model, task, test, train, settings, seed, progress, pieces, reference)),
               ("averaging", "averaging and DDIM-η baselines", 2, "seconds",
-               lambda task, entry: _baselines(model, task, entry, test, settings, seed, progress, pieces))]
+               lambda task, entry: _baselines(model, task, entry, test, settings, seed, progress, pieces, reference))]
     if with_deepinv:
         phases.append(("deepinv", "deepinv DPS α baseline", 1, "deepinv_seconds", lambda task, entry: {
-            "deepinv": _deepinv_series(model, task, test, train, settings, seed, progress, pieces)}))
+            "deepinv": _deepinv_series(model, task, test, train, settings, seed, progress, pieces, reference)}))
     # phase by phase over the tasks: a CPU run spread over sessions has every task's λ sweep first
     for series, label, units, seconds_key, compute in phases:
         for task in settings.tasks:
@@ -156,6 +161,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
             common.write_json(partial_path, {"key": run_key, "tasks": results["tasks"]})
             _print_rows(f"{task.name}: {label} ({settings.images} test images, {settings.steps} steps, {seconds:.0f} s)",
                         {key: entry[key] for key in ("lam_sweep", "averaging", "ddim", "deepinv") if key in computed})
+    _add_unpaired_fd_to_early_sweeps(model, results["tasks"], test, reference, settings, seed, pieces)
     _plot(results, out_dir / f"{NAME}_dp_curve.png")
     results["figures"] = [f"{NAME}_dp_curve.png"]
     size_flag = {"quick": "", "full": "", "medium": "--medium"}.get(_size_name(settings))
@@ -219,6 +225,24 @@ def _expected_pieces(settings: dict, with_deepinv: bool) -> int:
     return per_task * len(settings["tasks"])
 
 
+def _add_unpaired_fd_to_early_sweeps(model, tasks: dict, test, reference, settings: Settings, seed: int,
+                                     pieces: PieceStore) -> None:
+    """``fd_unpaired`` for λ sweeps a run finished before it computed that column (2026-11-29: the
+    full run's first tasks), from their stored pieces; none are recomputed (a sweep whose pieces
+    are gone keeps its rows as they are, with a line saying so)."""
+    for task in settings.tasks:
+        rows = tasks.get(task.name, {}).get("lam_sweep", [])
+        if not rows or all("fd_unpaired" in row for row in rows):
+            continue
+        tuned = replace(task, zeta={float(lam): tuple(choice) for lam, choice in tasks[task.name]["zeta"].items()})
+        if not pieces.has_blocks(f"{tuned.name} sweep", settings.images, settings.block_images):
+            print(f"[{NAME}] {task.name}: its λ sweep's pieces are gone, so its rows have no fd_unpaired", flush=True)
+            continue
+        restored = _sweep_restorations(model, tuned, test, settings, seed, pieces)
+        for row, unpaired in zip(rows, dp_rows(test, restored, settings.lams, reference=reference), strict=True):
+            row["fd_unpaired"] = unpaired["fd_unpaired"]
+
+
 def _print_rows(title: str, task_results: dict) -> None:
     """The table of whichever series ``task_results`` holds (a finished phase, or the whole task)."""
     rows = [(f"λ = {row['lam']:g} ({'c' if row['zeta'][0] == 'beta' else 'ζ'} {row['zeta'][1]:g})", row)
@@ -226,11 +250,13 @@ def _print_rows(title: str, task_results: dict) -> None:
     rows += [(f"mean of {row['samples']} DPS samples", row) for row in task_results.get("averaging", [])]
     rows += [(f"DDIM η = {row['eta']:g}", row) for row in task_results.get("ddim", [])]
     rows += [(f"deepinv DPS α = {row['alpha']:g} (weight {row['weight']:g})", row) for row in task_results.get("deepinv", [])]
-    common.print_table(title, ("method", "MSE", "PSNR", "SSIM", "FD"),
-                       [(label, row["mse"], row["psnr"], row["ssim"], row["fd"]) for label, row in rows])
+    common.print_table(title, ("method", "MSE", "PSNR", "SSIM", "FD", "FD unpaired"),
+                       [(label, row["mse"], row["psnr"], row["ssim"], row["fd"], row.get("fd_unpaired", "-"))
+                        for label, row in rows])
 
 
-def _lam_sweep(model, task: ImageTask, test, train, settings: Settings, seed: int, progress, pieces: PieceStore) -> dict:
+def _lam_sweep(model, task: ImageTask, test, train, settings: Settings, seed: int, progress, pieces: PieceStore,
+               reference) -> dict:
     """The step-size search on training images, then the λ sweep on the test images."""
     natural = task.natural_scale(model.image_shape)
     choices = [("beta", factor * natural) for factor in settings.zeta_factors]
@@ -240,7 +266,8 @@ def _lam_sweep(model, task: ImageTask, test, train, settings: Settings, seed: in
     progress.step(f"{task.name}: step-size search on {train.shape[0]} training images -> "
                   f"{replace(task, zeta=zeta_of_lam).zeta_text}")
     restored = _sweep_restorations(model, replace(task, zeta=zeta_of_lam), test, settings, seed, pieces)
-    lam_sweep = [dict(row, zeta=list(zeta_of_lam[row["lam"]])) for row in dp_rows(test, restored, settings.lams)]
+    lam_sweep = [dict(row, zeta=list(zeta_of_lam[row["lam"]]))
+                 for row in dp_rows(test, restored, settings.lams, reference=reference)]
     progress.step(f"{task.name}: λ sweep")
     return {"zeta": {str(lam): list(zeta) for lam, zeta in zeta_of_lam.items()}, "lam_sweep": lam_sweep}
 
@@ -254,7 +281,8 @@ def _sweep_restorations(model, tuned: ImageTask, test, settings: Settings, seed:
                                                                       settings.steps, seed=seed + start))
 
 
-def _baselines(model, task: ImageTask, entry: dict, test, settings: Settings, seed: int, progress, pieces: PieceStore) -> dict:
+def _baselines(model, task: ImageTask, entry: dict, test, settings: Settings, seed: int, progress, pieces: PieceStore,
+               reference) -> dict:
     """The mean of N DPS (λ = 1) samples and DDIM-η, with the step sizes ``entry``'s search chose."""
     zeta_of_lam = {float(lam): tuple(choice) for lam, choice in entry["zeta"].items()}
     y = task.measure(test, seed=seed + TEST_SEED)
@@ -270,7 +298,7 @@ def _baselines(model, task: ImageTask, entry: dict, test, settings: Settings, se
                                                     seed=draw_seed + start)[0]))
     means = torch.stack([torch.stack(draws[:count]).mean(0) for count in settings.average_counts])
     averaging = [dict(row, samples=count) for row, count in
-                 zip(dp_rows(test, means, settings.average_counts), settings.average_counts)]
+                 zip(dp_rows(test, means, settings.average_counts, reference=reference), settings.average_counts)]
     progress.step(f"{task.name}: averaging baseline")
     seeds = [seed + index for index in range(n_images)]
     ddim_zeta = float(task.step_sizes(model, settings.steps, zeta_one).mean())
@@ -278,13 +306,13 @@ def _baselines(model, task: ImageTask, entry: dict, test, settings: Settings, se
                                          ddim_dps_sample(model, task.operator(), y[start:stop], eta, ddim_zeta, settings.steps,
                                                          seeds[start:stop]))
                         for eta in settings.etas])
-    ddim_rows = [dict(row, eta=eta) for row, eta in zip(dp_rows(test, ddim, settings.etas), settings.etas)]
+    ddim_rows = [dict(row, eta=eta) for row, eta in zip(dp_rows(test, ddim, settings.etas, reference=reference), settings.etas)]
     progress.step(f"{task.name}: DDIM-η baseline")
     return {"averaging": averaging, "ddim": ddim_rows}
 
 
 def _deepinv_series(model, task: ImageTask, test, train, settings: Settings, seed: int, progress,
-                    pieces: PieceStore) -> list[dict]:
+                    pieces: PieceStore, reference) -> list[dict]:
     """deepinv's DPS at each α, its weight the lowest training-image MSE of the grid."""
     from dpfast.baselines.deepinv_dps import deepinv_restoration
 
@@ -307,7 +335,8 @@ def _deepinv_series(model, task: ImageTask, test, train, settings: Settings, see
                                          compute=lambda start, stop, alpha=alpha: restore(
                                              y_test[start:stop], alpha, weights[-1], seed + start)))
     rows = [dict(row, alpha=alpha, weight=weight) for row, alpha, weight in
-            zip(dp_rows(test, torch.stack(restored), settings.deepinv_alphas), settings.deepinv_alphas, weights)]
+            zip(dp_rows(test, torch.stack(restored), settings.deepinv_alphas, reference=reference), settings.deepinv_alphas,
+                weights)]
     progress.step(f"{task.name}: deepinv DPS α baseline (weights {weights})")
     return rows
 
@@ -356,24 +385,34 @@ SERIES = (("lam_sweep", "lam", "λ sweep (ζ tuned per λ)", "o-"), ("averaging"
 
 
 def _plot(results: dict, path: Path) -> Path:
+    """MSE against FD per task; a second row against the unpaired FD (with the clean-set floor)
+    when every point has one."""
     plt = common.pyplot()
     tasks = results["tasks"]
-    figure, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), squeeze=False)
-    for axis, (name, task_results) in zip(axes[0], tasks.items()):
-        for key, knob, label, style in SERIES:
-            rows = task_results.get(key, [])
-            axis.plot([row["mse"] for row in rows], [row["fd"] for row in rows], style, ms=4, lw=1, label=label)
-            for row in rows:
-                axis.annotate(f"{row[knob]:g}", (row["mse"], row["fd"]), fontsize=6, xytext=(3, 3),
-                              textcoords="offset points")
-        axis.set_title(name, fontsize=9)
-        # log axes: a diverged baseline (FD in the thousands) would otherwise squash every other point
-        axis.set_xscale("log")
-        axis.set_yscale("log")
-        for log_axis in (axis.xaxis, axis.yaxis):
-            log_axis.set_minor_formatter(plt.NullFormatter())
-        axis.set_xlabel("MSE (log)")
-        axis.set_ylabel("FD to the clean test set (log)")
-    axes[0][0].legend(fontsize=6)
+    every_row = [row for task_results in tasks.values() for key, *_ in SERIES for row in task_results.get(key, [])]
+    perception = [("fd", "FD to the restored images' clean set (log)")]
+    if every_row and all("fd_unpaired" in row for row in every_row):
+        perception.append(("fd_unpaired", "FD to other clean test images (log)"))
+    figure, axes = plt.subplots(len(perception), len(tasks), figsize=(3.6 * len(tasks), 3.4 * len(perception)),
+                                squeeze=False)
+    for axis_row, (fd_key, fd_label) in zip(axes, perception):
+        for axis, (name, task_results) in zip(axis_row, tasks.items()):
+            for key, knob, label, style in SERIES:
+                rows = task_results.get(key, [])
+                axis.plot([row["mse"] for row in rows], [row[fd_key] for row in rows], style, ms=4, lw=1, label=label)
+                for row in rows:
+                    axis.annotate(f"{row[knob]:g}", (row["mse"], row[fd_key]), fontsize=6, xytext=(3, 3),
+                                  textcoords="offset points")
+            if fd_key == "fd_unpaired" and results.get("fd_floor"):
+                axis.axhline(results["fd_floor"], color="0.6", lw=0.8, ls=":", label="two clean sets")
+            axis.set_title(name, fontsize=9)
+            # log axes: a diverged baseline (FD in the thousands) would otherwise squash every other point
+            axis.set_xscale("log")
+            axis.set_yscale("log")
+            for log_axis in (axis.xaxis, axis.yaxis):
+                log_axis.set_minor_formatter(plt.NullFormatter())
+            axis.set_xlabel("MSE (log)")
+            axis.set_ylabel(fd_label, fontsize=8)
+        axis_row[0].legend(fontsize=6)
     figure.tight_layout()
     return common.save_figure(figure, path)

@@ -80,14 +80,13 @@ class PieceStore:
                   dim: int = 0) -> torch.Tensor:
         """``compute(start, stop)`` for each block of ``block`` items of ``count``, each a piece of its own,
         concatenated along ``dim`` (where the items are)."""
-        if count < 1 or block < 1:
-            raise ValueError(f"count and block must be >= 1, got count={count}, block={block}")
-        parts = []
-        for start in range(0, count, block):
-            stop = min(start + block, count)
-            label = name if (start, stop) == (0, count) else f"{name} items {start}-{stop - 1}"
-            parts.append(self.get(label, lambda start=start, stop=stop: compute(start, stop)))
+        parts = [self.get(label, lambda start=start, stop=stop: compute(start, stop))
+                 for label, start, stop in _blocks(name, count, block)]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+
+    def has_blocks(self, name: str, count: int, block: int) -> bool:
+        """Whether every block :meth:`in_blocks` would make of ``name`` is stored (reads nothing back)."""
+        return all(self.path(label).exists() for label, _, _ in _blocks(name, count, block))
 
     def stored(self) -> dict[str, float]:
         """File name → stored compute seconds of every readable piece in this run's folder (reads nothing else)."""
@@ -107,3 +106,11 @@ class PieceStore:
             self.folder.parent.rmdir()
         except OSError:  # other runs' pieces, or already gone
             pass
+
+
+def _blocks(name: str, count: int, block: int) -> list[tuple[str, int, int]]:
+    """``(piece name, start, stop)`` of each block of ``block`` items of ``count``; one block keeps ``name``."""
+    if count < 1 or block < 1:
+        raise ValueError(f"count and block must be >= 1, got count={count}, block={block}")
+    spans = [(start, min(start + block, count)) for start in range(0, count, block)]
+    return [(name if (start, stop) == (0, count) else f"{name} items {start}-{stop - 1}", start, stop) for start, stop in spans]

@@ -183,6 +183,36 @@ def test_status_shows_a_killed_run_and_counts_the_pieces_a_whole_run_stores(tmp_
     assert images.status(tmp_path)["state"] == "finished"
 
 
+def test_every_row_has_an_unpaired_fd_above_the_clean_floor_order_aside(quick_run):
+    """fd_unpaired compares with *other* clean test images: a restoration of the very images is no help there."""
+    _, results = quick_run
+    (task,) = results["tasks"].values()
+    assert results["fd_floor"] > 0
+    for series in ("lam_sweep", "averaging", "ddim"):
+        for row in task[series]:
+            assert math.isfinite(row["fd_unpaired"]) and row["fd_unpaired"] != row["fd"], (series, row)
+
+
+def test_a_sweep_finished_before_the_unpaired_fd_gets_it_from_its_pieces(tmp_path, monkeypatch):
+    """The full run's first sweeps were finished by code without fd_unpaired: the end of the run adds it
+    from the stored pieces, without recomputing any chain, equal to what a run computing it gives."""
+    whole = images.run(tmp_path / "whole", settings=BLOCKED)
+    real_baselines = images._baselines
+    monkeypatch.setattr(images, "_baselines", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt("killed")))
+    with pytest.raises(KeyboardInterrupt):
+        images.run(tmp_path / "early", settings=BLOCKED)
+    partial_path = tmp_path / "early" / "images.partial.json"
+    partial = json.loads(partial_path.read_text())
+    (entry,) = partial["tasks"].values()
+    for row in entry["lam_sweep"]:
+        del row["fd_unpaired"]  # as the code of the run's first session wrote it
+    partial_path.write_text(json.dumps(partial))
+    monkeypatch.setattr(images, "_baselines", real_baselines)
+    monkeypatch.setattr(images, "traverse_task", lambda *args, **kwargs: pytest.fail("a sweep chain was recomputed"))
+    (early,), (reference,) = images.run(tmp_path / "early", settings=BLOCKED)["tasks"].values(), whole["tasks"].values()
+    assert [row["fd_unpaired"] for row in early["lam_sweep"]] == [row["fd_unpaired"] for row in reference["lam_sweep"]]
+
+
 def test_blocks_of_test_images_restore_what_one_batch_restores(tmp_path):
     """Image i keeps its seed in any block: only the batch's floating-point order differs."""
     (blocked,) = images.run(tmp_path / "blocked", settings=BLOCKED)["tasks"].values()
