@@ -180,9 +180,8 @@ def status(out_dir) -> dict:
     For an interrupted run: each task's finished phases (and their tables), and the pieces
     stored so far (they stay until the run ends) against the number the whole run computes
     (``expected``, counting deepinv's when it is installed here), with the wall seconds
-    they took. A finished
-    run's ``images.json`` is summarised instead. Returns ``{"state": "none" | "partial" |
-    "finished", ...}``.
+    they took. A finished run's ``images.json`` is summarised instead. Returns
+    ``{"state": "none" | "partial" | "finished", ...}``.
     """
     out_dir = Path(out_dir)
     final, partial_path = out_dir / f"{NAME}.json", out_dir / f"{NAME}.partial.json"
