@@ -89,7 +89,7 @@ class PieceStore:
         return all(self.path(label).exists() for label, _, _ in _blocks(name, count, block))
 
     def stored(self) -> dict[str, float]:
-        """File name → stored compute seconds of every readable piece in this run's folder (reads nothing else)."""
+        """File name → stored seconds (the wall time it took) of every readable piece in this run's folder."""
         found = {}
         for path in sorted(self.folder.glob("*.pt")):
             try:
