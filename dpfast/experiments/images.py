@@ -237,9 +237,9 @@ def _add_unpaired_fd_to_early_sweeps(model, tasks: dict, test, reference, settin
         if not pieces.has_blocks(f"{tuned.name} sweep", settings.images, settings.block_images):
             print(f"[{NAME}] {task.name}: its λ sweep's pieces are gone, so its rows have no fd_unpaired", flush=True)
             continue
-        restored = _sweep_restorations(model, tuned, test, settings, seed, pieces)
-        for row, unpaired in zip(rows, dp_rows(test, restored, settings.lams, reference=reference), strict=True):
-            row["fd_unpaired"] = unpaired["fd_unpaired"]
+        restored = _sweep_restorations(model, tuned, test, settings, seed, pieces).cpu()
+        for row, restored_at_lam in zip(rows, restored, strict=True):
+            row["fd_unpaired"] = metrics.fd(restored_at_lam, reference)
 
 
 def _print_rows(title: str, task_results: dict) -> None:
