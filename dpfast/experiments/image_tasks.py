@@ -191,9 +191,28 @@ def search_step_sizes(
     """For each λ, the ``(schedule, value)`` from ``choices`` with the lowest MSE on ``images``
     (use *training* images): β-scaled and constant steps compete on equal terms.
 
-    One batched traversal per choice; ``log`` gets one line per choice with each λ's MSE.
-    With a :class:`~dpfast.experiments.pieces.PieceStore` as ``pieces`` each choice's
-    traversal is a stored piece (a resumed run reads it back).
+    :func:`step_size_errors` then :func:`best_step_sizes`; ``log`` and ``pieces`` go to the first.
+    """
+    errors = step_size_errors(model, task, images, lams, choices, steps, seed=seed, log=log, pieces=pieces)
+    return best_step_sizes(errors, lams)
+
+
+def step_size_errors(
+    model: ScoreModel,
+    task: ImageTask,
+    images: torch.Tensor,
+    lams: Sequence[float],
+    choices: Sequence[tuple[str, float]],
+    steps: int,
+    seed: int = 0,
+    log=print,
+    pieces=None,
+) -> dict[tuple[str, float], list[float]]:
+    """Each ``(schedule, value)`` of ``choices`` → the MSE on ``images`` at each λ of ``lams``.
+
+    One batched traversal per choice; ``log`` gets one line per choice. With a
+    :class:`~dpfast.experiments.pieces.PieceStore` as ``pieces`` each choice's traversal is a
+    stored piece (a resumed run reads it back).
     """
     y = task.measure(images, seed=seed)
     errors = {}
@@ -203,6 +222,11 @@ def search_step_sizes(
         restored = traverse() if pieces is None else pieces.get(f"{task.name} search {task.choice_text(choice)}", traverse)
         errors[choice] = [float(metrics.mse(r, images).mean()) for r in restored]
         log(f"{task.name} {task.choice_text(choice)}: " + ", ".join(f"λ {lam:g} MSE {e:.4f}" for lam, e in zip(lams, errors[choice])))
+    return errors
+
+
+def best_step_sizes(errors: Mapping[tuple[str, float], Sequence[float]], lams: Sequence[float]) -> dict[float, tuple[str, float]]:
+    """λ → the choice of ``errors`` (:func:`step_size_errors`) with the lowest finite MSE at that λ."""
     return {float(lam): min(errors, key=lambda choice: _finite_or_inf(errors[choice][index])) for index, lam in enumerate(lams)}
 
 

@@ -31,7 +31,10 @@ super-resolution with σ_n = 0.05. Per task:
 
 The run goes phase by phase over the tasks — every task's search and λ sweep, then every
 task's averaging and DDIM baselines, then deepinv's — so a run spread over sessions has
-the method's own numbers for all tasks first.
+the method's own numbers for all tasks first. Each of those five is a phase of its own
+(the longest, a task's averaging draws, ~1.5 h on the 2-core CPU), written to the partial
+file as soon as it finishes: a run that is stopped, its machine gone, resumes from that
+file alone (docs/RESULTS.md §4: the full run's file is committed after each session).
 
 Resuming: every chain is cut into pieces of a few minutes — one step-size choice of a
 search, one block of ``block_images`` test images of a sweep, a DPS draw or a DDIM/deepinv
@@ -61,7 +64,7 @@ import torch
 from dpfast import metrics
 from dpfast.baselines.deepinv_dps import deepinv_available
 from dpfast.experiments import common
-from dpfast.experiments.image_tasks import ImageTask, dp_rows, search_step_sizes, traverse_task
+from dpfast.experiments.image_tasks import ImageTask, best_step_sizes, dp_rows, step_size_errors, traverse_task
 from dpfast.experiments.pieces import PieceStore
 from dpfast.experiments.pinwheel import ddim_dps_sample
 
@@ -131,37 +134,44 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
     with_deepinv = bool(settings.deepinv_alphas) and deepinv_available()
     if settings.deepinv_alphas and not with_deepinv:
         print(f"[{NAME}] deepinv is not installed (pip install dpfast[bench]): its α baseline is skipped", flush=True)
-    progress = common.Progress(NAME, len(settings.tasks) * (5 if with_deepinv else 4))
+    progress = common.Progress(NAME, len(settings.tasks) * (5 if with_deepinv else 4))  # one unit per phase
     results = {"tasks": {}, "settings": _settings_dict(settings), "fd_floor": metrics.fd(test.cpu(), reference)}
     partial_path = out_dir / f"{NAME}.partial.json"
     run_key = {"settings": results["settings"], "seed": seed, "model_sha256": _weights_digest(model)}
     results["tasks"] = _resume(partial_path, run_key)
     pieces = PieceStore(out_dir / f"{NAME}.pieces", run_key, device, log=lambda line: print(f"[{NAME}]   piece: {line}", flush=True))
-    # (the key its numbers go under, what it is, progress units, the key of its seconds, the work)
-    phases = [("lam_sweep", "step-size search and λ sweep", 2, "seconds",
-               lambda task, entry: _lam_sweep(model, task, test, train, settings, seed, progress, pieces, reference)),
-              ("averaging", "averaging and DDIM-η baselines", 2, "seconds",
-               lambda task, entry: _baselines(model, task, entry, test, settings, seed, progress, pieces, reference))]
+    # Groups of phases, each group task by task (a CPU run spread over sessions has every task's
+    # λ sweep first); per phase: the key its numbers go under, what it is, the key of its seconds,
+    # the work. Every finished phase is written to the partial file at once, so a run stopped
+    # anywhere loses at most the phase it was in (less what its stored pieces keep).
+    groups = [[("zeta", "step-size search", "seconds",
+                lambda task, entry: _search(model, task, train, settings, seed, progress, pieces)),
+               ("lam_sweep", "λ sweep", "seconds",
+                lambda task, entry: _lam_sweep(model, task, entry, test, settings, seed, progress, pieces, reference))],
+              [("averaging", "averaging baseline", "seconds",
+                lambda task, entry: _averaging(model, task, entry, test, settings, seed, progress, pieces, reference)),
+               ("ddim", "DDIM-η baseline", "seconds",
+                lambda task, entry: _ddim(model, task, entry, test, settings, seed, progress, pieces, reference))]]
     if with_deepinv:
-        phases.append(("deepinv", "deepinv DPS α baseline", 1, "deepinv_seconds", lambda task, entry: {
-            "deepinv": _deepinv_series(model, task, test, train, settings, seed, progress, pieces, reference)}))
-    # phase by phase over the tasks: a CPU run spread over sessions has every task's λ sweep first
-    for series, label, units, seconds_key, compute in phases:
+        groups.append([("deepinv", "deepinv DPS α baseline", "deepinv_seconds", lambda task, entry: {
+            "deepinv": _deepinv_series(model, task, test, train, settings, seed, progress, pieces, reference)})])
+    for group in groups:
         for task in settings.tasks:
-            entry = results["tasks"].setdefault(task.name, {})
-            if series in entry:
-                progress.skip(units, f"{task.name}: {label} read back from {partial_path.name}")
-                continue
-            started_phase, read_back = time.perf_counter(), pieces.read_back_seconds
-            computed = compute(task, entry)
-            entry.update(computed)
-            # this run's time plus what the pieces it read back cost the runs that computed them
-            seconds = time.perf_counter() - started_phase + pieces.read_back_seconds - read_back
-            entry[seconds_key] = entry.get(seconds_key, 0.0) + seconds
-            common.write_json(partial_path, {"key": run_key, "tasks": results["tasks"]})
-            _print_rows(f"{task.name}: {label} ({settings.images} test images, {settings.steps} steps, {seconds:.0f} s)",
-                        {key: entry[key] for key in ("lam_sweep", "averaging", "ddim", "deepinv") if key in computed})
-    _add_unpaired_fd_to_early_sweeps(model, results["tasks"], test, reference, settings, seed, pieces)
+            for series, label, seconds_key, compute in group:
+                entry = results["tasks"].setdefault(task.name, {})
+                if series in entry:
+                    progress.skip(1, f"{task.name}: {label} read back from {partial_path.name}")
+                    continue
+                started_phase, read_back = time.perf_counter(), pieces.read_back_seconds
+                computed = compute(task, entry)
+                entry.update(computed)
+                # this run's time plus what the pieces it read back cost the runs that computed them
+                seconds = time.perf_counter() - started_phase + pieces.read_back_seconds - read_back
+                entry[seconds_key] = entry.get(seconds_key, 0.0) + seconds
+                common.write_json(partial_path, {"key": run_key, "tasks": results["tasks"]})
+                if series != "zeta":
+                    _print_rows(f"{task.name}: {label} ({settings.images} test images, {settings.steps} steps, {seconds:.0f} s)",
+                                {series: entry[series]})
     _plot(results, out_dir / f"{NAME}_dp_curve.png")
     results["figures"] = [f"{NAME}_dp_curve.png"]
     size_flag = {"quick": "", "full": "", "medium": "--medium"}.get(_size_name(settings))
@@ -199,7 +209,7 @@ def status(out_dir) -> dict:
     settings = key["settings"]
     stored = PieceStore(out_dir / f"{NAME}.pieces", key).stored()
     expected = _expected_pieces(settings, deepinv_available())
-    series_names = {"lam_sweep": "λ sweep", "averaging": "averaging", "ddim": "DDIM-η", "deepinv": "deepinv"}
+    series_names = {"zeta": "step-size search", "lam_sweep": "λ sweep", "averaging": "averaging", "ddim": "DDIM-η", "deepinv": "deepinv"}
     print(f"[{NAME}] interrupted run in {out_dir}: {settings['images']} test images, {settings['steps']} steps, "
           f"seed {key['seed']}", flush=True)
     for name in settings["tasks"]:
@@ -224,24 +234,6 @@ def _expected_pieces(settings: dict, with_deepinv: bool) -> int:
     return per_task * len(settings["tasks"])
 
 
-def _add_unpaired_fd_to_early_sweeps(model, tasks: dict, test, reference, settings: Settings, seed: int,
-                                     pieces: PieceStore) -> None:
-    """``fd_unpaired`` for λ sweeps a run finished before it computed that column (2026-11-29: the
-    full run's first tasks), from their stored pieces; none are recomputed (a sweep whose pieces
-    are gone keeps its rows as they are, with a line saying so)."""
-    for task in settings.tasks:
-        rows = tasks.get(task.name, {}).get("lam_sweep", [])
-        if not rows or all("fd_unpaired" in row for row in rows):
-            continue
-        tuned = replace(task, zeta={float(lam): tuple(choice) for lam, choice in tasks[task.name]["zeta"].items()})
-        if not pieces.has_blocks(f"{tuned.name} sweep", settings.images, settings.block_images):
-            print(f"[{NAME}] {task.name}: its λ sweep's pieces are gone, so its rows have no fd_unpaired", flush=True)
-            continue
-        restored = _sweep_restorations(model, tuned, test, settings, seed, pieces).cpu()
-        for row, restored_at_lam in zip(rows, restored, strict=True):
-            row["fd_unpaired"] = metrics.fd(restored_at_lam, reference)
-
-
 def _print_rows(title: str, task_results: dict) -> None:
     """The table of whichever series ``task_results`` holds (a finished phase, or the whole task)."""
     rows = [(f"λ = {row['lam']:g} ({'c' if row['zeta'][0] == 'beta' else 'ζ'} {row['zeta'][1]:g})", row)
@@ -254,21 +246,36 @@ def _print_rows(title: str, task_results: dict) -> None:
                         for label, row in rows])
 
 
-def _lam_sweep(model, task: ImageTask, test, train, settings: Settings, seed: int, progress, pieces: PieceStore,
-               reference) -> dict:
-    """The step-size search on training images, then the λ sweep on the test images."""
+def _search(model, task: ImageTask, train, settings: Settings, seed: int, progress, pieces: PieceStore) -> dict:
+    """The step size per λ: the lowest MSE on the training images over the task's grid.
+
+    Returns the choice per λ (``zeta``) and every choice's MSE per λ (``search``)."""
     natural = task.natural_scale(model.image_shape)
     choices = [("beta", factor * natural) for factor in settings.zeta_factors]
     choices += [("constant", zeta) for zeta in settings.constant_zetas]
-    zeta_of_lam = search_step_sizes(model, task, train, settings.lams, choices, settings.steps,
-                                    seed=seed + SEARCH_SEED, log=lambda line: None, pieces=pieces)
+    errors = step_size_errors(model, task, train, settings.lams, choices, settings.steps, seed=seed + SEARCH_SEED,
+                              log=lambda line: None, pieces=pieces)
+    zeta_of_lam = best_step_sizes(errors, settings.lams)
     progress.step(f"{task.name}: step-size search on {train.shape[0]} training images -> "
                   f"{replace(task, zeta=zeta_of_lam).zeta_text}")
+    return {"zeta": {str(lam): list(zeta) for lam, zeta in zeta_of_lam.items()},
+            "search": [{"zeta": list(choice), "mse": mse} for choice, mse in errors.items()]}
+
+
+def _lam_sweep(model, task: ImageTask, entry: dict, test, settings: Settings, seed: int, progress, pieces: PieceStore,
+               reference) -> dict:
+    """The λ sweep on the test images with the step sizes ``entry``'s search chose."""
+    zeta_of_lam = _chosen_steps(entry)
     restored = _sweep_restorations(model, replace(task, zeta=zeta_of_lam), test, settings, seed, pieces)
     lam_sweep = [dict(row, zeta=list(zeta_of_lam[row["lam"]]))
                  for row in dp_rows(test, restored, settings.lams, reference=reference)]
     progress.step(f"{task.name}: λ sweep")
-    return {"zeta": {str(lam): list(zeta) for lam, zeta in zeta_of_lam.items()}, "lam_sweep": lam_sweep}
+    return {"lam_sweep": lam_sweep}
+
+
+def _chosen_steps(entry: dict) -> dict[float, tuple[str, float]]:
+    """λ → (schedule, value) as the search stored it in a task's entry."""
+    return {float(lam): tuple(choice) for lam, choice in entry["zeta"].items()}
 
 
 def _sweep_restorations(model, tuned: ImageTask, test, settings: Settings, seed: int, pieces: PieceStore) -> torch.Tensor:
@@ -280,10 +287,10 @@ def _sweep_restorations(model, tuned: ImageTask, test, settings: Settings, seed:
                                                                       settings.steps, seed=seed + start))
 
 
-def _baselines(model, task: ImageTask, entry: dict, test, settings: Settings, seed: int, progress, pieces: PieceStore,
+def _averaging(model, task: ImageTask, entry: dict, test, settings: Settings, seed: int, progress, pieces: PieceStore,
                reference) -> dict:
-    """The mean of N DPS (λ = 1) samples and DDIM-η, with the step sizes ``entry``'s search chose."""
-    zeta_of_lam = {float(lam): tuple(choice) for lam, choice in entry["zeta"].items()}
+    """The mean of N DPS (λ = 1) samples, with the step size ``entry``'s search chose for λ = 1."""
+    zeta_of_lam = _chosen_steps(entry)
     y = task.measure(test, seed=seed + TEST_SEED)
     n_images, block = test.shape[0], settings.block_images
     zeta_one = zeta_of_lam[max(settings.lams)]
@@ -299,6 +306,15 @@ def _baselines(model, task: ImageTask, entry: dict, test, settings: Settings, se
     averaging = [dict(row, samples=count) for row, count in
                  zip(dp_rows(test, means, settings.average_counts, reference=reference), settings.average_counts)]
     progress.step(f"{task.name}: averaging baseline")
+    return {"averaging": averaging}
+
+
+def _ddim(model, task: ImageTask, entry: dict, test, settings: Settings, seed: int, progress, pieces: PieceStore,
+          reference) -> dict:
+    """DDIM-η with the DPS correction at one constant ζ: the mean over steps of λ = 1's chosen step."""
+    zeta_one = _chosen_steps(entry)[max(settings.lams)]
+    y = task.measure(test, seed=seed + TEST_SEED)
+    n_images, block = test.shape[0], settings.block_images
     seeds = [seed + index for index in range(n_images)]
     ddim_zeta = float(task.step_sizes(model, settings.steps, zeta_one).mean())
     ddim = torch.stack([pieces.in_blocks(f"{task.name} DDIM eta {eta:g}", n_images, block, compute=lambda start, stop, eta=eta:
@@ -307,7 +323,7 @@ def _baselines(model, task: ImageTask, entry: dict, test, settings: Settings, se
                         for eta in settings.etas])
     ddim_rows = [dict(row, eta=eta) for row, eta in zip(dp_rows(test, ddim, settings.etas, reference=reference), settings.etas)]
     progress.step(f"{task.name}: DDIM-η baseline")
-    return {"averaging": averaging, "ddim": ddim_rows}
+    return {"ddim": ddim_rows}
 
 
 def _deepinv_series(model, task: ImageTask, test, train, settings: Settings, seed: int, progress,
