@@ -34,6 +34,7 @@
 # there, so a run cut by the deadline loses one phase of one task. Its stored chain pieces
 # (images.pieces/, tens of MB) are left out of the returned archive.
 # deepinv's baselines need its wheel (and natsort's) carried in .data/wheels (see "install").
+# bench/gpu_carry.sh builds both .data folders on a fresh machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
