@@ -84,7 +84,7 @@ def _sampler(args, model, operator):
 
     options = dict(steps=args.steps, zeta=args.zeta, progress=not args.quiet)
     if args.dtype != "float32":
-        options["dtype"] = getattr(torch, args.dtype)
+        options["dtype"] = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
     if args.mode != "auto":
         options["mode"] = args.mode
     return Sampler(model, operator, **options)
@@ -222,7 +222,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="builtin", help="builtin | PATH (ADM checkpoint) | diffusers:DIR")
     parser.add_argument("--config", default=None, help="ADM preset for a checkpoint path (e.g. adm-ffhq256)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "auto"), default="float32",
+                        help="the network's precision; auto: bfloat16 where the device runs it natively")
     parser.add_argument("--mode", choices=("auto", "eager", "compile", "cudagraph"), default="auto")
     parser.add_argument("--seed", type=int, default=0, help="base seed; each image's seed also hashes its file name")
     parser.add_argument("--degrade", action="store_true", help="inputs are clean images: synthesise y = A(x) + σ_n n")

@@ -151,12 +151,16 @@ class Sampler:
             ``$DPFAST_BACKEND`` replaces ``"auto"``. A forced backend that cannot run
             raises with the reason.
         progress: show a progress bar over the steps.
-        dtype: the network's precision: ``torch.float32`` (default), ``torch.bfloat16``
-            or ``torch.float16``. Reduced precision runs the network (forward and VJP)
+        dtype: the network's precision: ``torch.float32`` (default), ``torch.bfloat16``,
+            ``torch.float16`` or ``"auto"``. Reduced precision runs the network (forward and VJP)
             under ``torch.autocast``; the state x, the residual norms, the schedule and
             the fused ops stay float32 (the ops take the reduced model output as it is).
-            On CPUs without native bf16 (AVX2) that is 12–34× slower than float32
-            (docs/BENCHMARKS.md, "Sampler"); it pays on GPUs and AVX-512-bf16 CPUs.
+            On CPUs without native bf16 (AVX2) bf16 is 12–34× slower than float32; on an
+            AVX-512-bf16 CPU it measured 1.44–1.47× faster (docs/BENCHMARKS.md, "Sampler"
+            and "A second CPU"). ``"auto"``: bfloat16 where the model's device runs it
+            natively (:func:`native_bf16`), else float32, with one log line (logger
+            ``"dpfast"``). Results then depend on the machine at the rounding level, which
+            the λ = 0 chain amplifies; keep float32 where runs must match across machines.
         channels_last: hand the network its input in ``torch.channels_last`` memory
             format (image models, 4-D inputs only). The model's weights are left as
             they are.
@@ -186,6 +190,7 @@ class Sampler:
 
     Attributes:
         active_mode: the mode that runs (``mode`` with ``"auto"`` resolved).
+        dtype: the network's precision (``dtype="auto"`` resolved).
         last_compile_seconds: wall time of the last call that compiled a step graph
             (``"compile"``; it includes that one step's run), else None.
         last_capture_seconds: wall time of the last warm-up and capture (``"cudagraph"``).
@@ -235,10 +240,10 @@ class Sampler:
         self.schedule = self._resolve_schedule(schedule, model)
         self.steps = validation.check_positive_int("steps", steps, 1, self.schedule.num_timesteps)
         self.image_shape = tuple(model.image_shape)
-        self.dtype = _check_network_dtype(dtype)
         self.channels_last = _check_channels_last(channels_last, self.image_shape)
         self.mode = validation.check_choice("mode", mode, MODES)
         self.device = _model_device(model)
+        self.dtype = _resolve_network_dtype(dtype, self.device)
         self.active_mode = _resolve_mode(self.mode, self.device)
         self.operator = as_operator(operator)
         if self.operator is None and self.guidance != "none":
@@ -659,8 +664,34 @@ def _resolve_mode(mode: str, device: torch.device) -> str:
     return chosen
 
 
+def native_bf16(device: torch.device | str) -> tuple[bool, str]:
+    """Whether ``device`` runs bf16 natively (so that ``dtype="auto"`` picks it), and why.
+
+    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: the AVX-512-bf16 or AMX instructions,
+    as torch detects them; without them bf16 is emulated and far slower than float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            native = torch.cuda.is_bf16_supported()
+        return native, "the GPU computes bf16 natively" if native else "this GPU has no native bf16"
+    if device.type == "cpu":
+        if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+            return True, "the CPU has AVX-512-bf16 or AMX (bf16 measured 1.44-1.47x faster than float32 on such a CPU)"
+        return False, "the CPU has no native bf16 (without AVX-512-bf16 or AMX bf16 measured 12-34x slower than float32)"
+    return False, f"no bf16 probe for {device.type} devices"
+
+
+def _resolve_network_dtype(dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, str) and dtype == "auto":
+        native, reason = native_bf16(device)
+        chosen = torch.bfloat16 if native else torch.float32
+        logger.info("dpfast: dtype 'auto' runs the network in %s on %s: %s", chosen, device.type, reason)
+        return chosen
+    return _check_network_dtype(dtype)
+
+
 def _check_network_dtype(dtype) -> torch.dtype:
-    names = "torch.float32, torch.bfloat16 or torch.float16"
+    names = "torch.float32, torch.bfloat16, torch.float16 or 'auto'"
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype ({names}), got {type(dtype).__name__} {dtype!r}")
     if dtype not in NETWORK_DTYPES:

@@ -156,3 +156,14 @@ def test_threads_sets_torchs_thread_count(tmp_path, image_folder, checkpoint, mo
     monkeypatch.setattr(torch, "set_num_threads", asked.append)  # the test process keeps its own count
     assert _restore(image_folder, tmp_path / "out", checkpoint, "--threads", "1") == 0
     assert asked == [1]
+
+
+def test_dtype_auto_reaches_the_sampler(tmp_path, image_folder, checkpoint, monkeypatch):
+    import dpfast.sampler as sampler_module
+
+    chosen = []
+    real = sampler_module._resolve_network_dtype
+    monkeypatch.setattr(sampler_module, "_resolve_network_dtype",
+                        lambda dtype, device: chosen.append(dtype) or real(dtype, device))
+    assert _restore(image_folder, tmp_path / "out", checkpoint, "--dtype", "auto") == 0
+    assert chosen == ["auto"]
