@@ -191,7 +191,8 @@ def status(out_dir) -> dict:
     stored so far (they stay until the run ends) against the number the whole run computes
     (``expected``, counting deepinv's when it is installed here), with the wall seconds
     they took. A finished run's ``images.json`` is summarised instead. Returns
-    ``{"state": "none" | "partial" | "finished", ...}``.
+    ``{"state": "none" | "started" | "partial" | "finished", ...}`` ("started": pieces stored, no
+    phase finished yet).
     """
     out_dir = Path(out_dir)
     final, partial_path = out_dir / f"{NAME}.json", out_dir / f"{NAME}.partial.json"
@@ -202,6 +203,11 @@ def status(out_dir) -> dict:
             _print_rows(name, task_results)
         return {"state": "finished", "tasks": results["tasks"]}
     if not partial_path.exists():
+        early_pieces = sorted((out_dir / f"{NAME}.pieces").glob("*/*.pt"))
+        if early_pieces:  # the partial file is written when the first phase ends
+            print(f"[{NAME}] a run in {out_dir} has stored {len(early_pieces)} piece(s) but finished no phase yet "
+                  f"(no {partial_path.name})", flush=True)
+            return {"state": "started", "stored_pieces": len(early_pieces)}
         print(f"[{NAME}] no images run in {out_dir}: neither {final.name} nor {partial_path.name} is there", flush=True)
         return {"state": "none"}
     saved = json.loads(partial_path.read_text())

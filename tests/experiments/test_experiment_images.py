@@ -214,6 +214,25 @@ def test_status_shows_a_killed_run_and_counts_the_pieces_a_whole_run_stores(tmp_
     assert images.status(tmp_path)["state"] == "finished"
 
 
+def test_status_counts_the_pieces_of_a_run_stopped_before_its_first_phase_ended(tmp_path, monkeypatch, capsys):
+    from dpfast.experiments import image_tasks
+
+    real_traverse, calls = image_tasks.traverse_task, []
+
+    def killed_at_the_second_choice(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed part-way")
+        return real_traverse(*args, **kwargs)
+
+    monkeypatch.setattr(image_tasks, "traverse_task", killed_at_the_second_choice)
+    with pytest.raises(KeyboardInterrupt):  # in the search's second step-size choice
+        images.run(tmp_path, settings=replace(BLOCKED, constant_zetas=(1.0,)))
+    capsys.readouterr()
+    assert images.status(tmp_path) == {"state": "started", "stored_pieces": 1}
+    assert "has stored 1 piece(s) but finished no phase yet" in capsys.readouterr().out
+
+
 def test_every_row_has_an_unpaired_fd_above_the_clean_floor_order_aside(quick_run):
     """fd_unpaired compares with *other* clean test images: a restoration of the very images is no help there."""
     _, results = quick_run
