@@ -185,21 +185,26 @@ def test_a_run_killed_inside_a_task_reads_its_finished_pieces_back(tmp_path, mon
     assert not (tmp_path / "resumed" / "images.pieces").exists()  # removed with the partial file at the end
 
 
+def _killed_at_call(number: int, real):
+    """``real``, except that its call ``number`` raises KeyboardInterrupt (a run killed there)."""
+    calls = []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == number:
+            raise KeyboardInterrupt("killed part-way")
+        return real(*args, **kwargs)
+    return wrapped
+
+
 def test_status_shows_a_killed_run_and_counts_the_pieces_a_whole_run_stores(tmp_path, monkeypatch, capsys):
     from dpfast.experiments.pieces import PieceStore
 
     monkeypatch.setattr(PieceStore, "remove", lambda self: None)  # keep the pieces to count them at the end
     assert images.status(tmp_path)["state"] == "none"
-    real_ddim, ddim_calls = images.ddim_dps_sample, []
-
-    def killed_at_the_second_block(*args, **kwargs):
-        ddim_calls.append(1)
-        if len(ddim_calls) == 2:
-            raise KeyboardInterrupt("killed part-way")
-        return real_ddim(*args, **kwargs)
-
-    monkeypatch.setattr(images, "ddim_dps_sample", killed_at_the_second_block)
-    with pytest.raises(KeyboardInterrupt):
+    real_ddim = images.ddim_dps_sample
+    monkeypatch.setattr(images, "ddim_dps_sample", _killed_at_call(2, real_ddim))
+    with pytest.raises(KeyboardInterrupt):  # in the DDIM run's second block
         images.run(tmp_path, settings=BLOCKED)
     capsys.readouterr()
     partial = images.status(tmp_path)
@@ -217,15 +222,7 @@ def test_status_shows_a_killed_run_and_counts_the_pieces_a_whole_run_stores(tmp_
 def test_status_counts_the_pieces_of_a_run_stopped_before_its_first_phase_ended(tmp_path, monkeypatch, capsys):
     from dpfast.experiments import image_tasks
 
-    real_traverse, calls = image_tasks.traverse_task, []
-
-    def killed_at_the_second_choice(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed part-way")
-        return real_traverse(*args, **kwargs)
-
-    monkeypatch.setattr(image_tasks, "traverse_task", killed_at_the_second_choice)
+    monkeypatch.setattr(image_tasks, "traverse_task", _killed_at_call(2, image_tasks.traverse_task))
     with pytest.raises(KeyboardInterrupt):  # in the search's second step-size choice
         images.run(tmp_path, settings=replace(BLOCKED, constant_zetas=(1.0,)))
     capsys.readouterr()
