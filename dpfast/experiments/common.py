@@ -138,11 +138,19 @@ def run_metadata(name: str, quick: bool, seed: int, started: float, size_flag: s
         "quick": quick,
         "seed": seed,
         "versions": versions,
-        "device": (f"{torch.cuda.get_device_name(cuda)} (CUDA {torch.version.cuda}); host {_cpu_name()}" if cuda
-                   else f"{_cpu_name()}, {torch.get_num_threads()} torch thread(s)"),
+        "device": device_description(cuda),
         "wall_seconds": round(time.perf_counter() - started, 2),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def device_description(device: torch.device | str | None = None) -> str:
+    """Where chains run, as the JSON records it: the GPU, or the CPU with the instruction set
+    torch's kernels use (their rounding differs between AVX2 and AVX-512) and the thread count."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}); host {_cpu_name()}"
+    return f"{_cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} torch thread(s)"
 
 
 def _cpu_name() -> str:

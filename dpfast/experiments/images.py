@@ -168,6 +168,10 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
                 # this run's time plus what the pieces it read back cost the runs that computed them
                 seconds = time.perf_counter() - started_phase + pieces.read_back_seconds - read_back
                 entry[seconds_key] = entry.get(seconds_key, 0.0) + seconds
+                # a run spread over sessions may change machines: each phase says where it ran
+                entry.setdefault("phases", {})[series] = {
+                    "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "device": common.device_description(device),
+                    "torch": torch.__version__, "seconds": round(seconds, 1)}
                 common.write_json(partial_path, {"key": run_key, "tasks": results["tasks"]})
                 if series != "zeta":
                     _print_rows(f"{task.name}: {label} ({settings.images} test images, {settings.steps} steps, {seconds:.0f} s)",

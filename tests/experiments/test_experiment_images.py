@@ -115,7 +115,11 @@ def test_an_interrupted_run_resumes_without_redoing_finished_phases(tmp_path, mo
                      ("_averaging", first), ("_ddim", first), ("_averaging", second)]
     partial = json.loads((tmp_path / "images.partial.json").read_text())
     assert "ddim" in partial["tasks"][first]
-    assert set(partial["tasks"][second]) == {"zeta", "search", "lam_sweep", "seconds"}
+    assert set(partial["tasks"][second]) == {"zeta", "search", "lam_sweep", "seconds", "phases"}
+    # each finished phase says where and when it ran (a run spread over sessions may change machines)
+    assert set(partial["tasks"][second]["phases"]) == {"zeta", "lam_sweep"}
+    assert all(torch.backends.cpu.get_cpu_capability() in phase["device"] and phase["seconds"] > 0
+               for phase in partial["tasks"][second]["phases"].values())
 
     calls.clear()
     for name in phases:
