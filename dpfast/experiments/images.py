@@ -299,14 +299,22 @@ def _sweep_restorations(model, tuned: ImageTask, test, settings: Settings, seed:
 
 def _averaging(model, task: ImageTask, entry: dict, test, settings: Settings, seed: int, progress, pieces: PieceStore,
                reference) -> dict:
-    """The mean of N DPS (λ = 1) samples, with the step size ``entry``'s search chose for λ = 1."""
+    """The mean of N DPS (λ = 1) samples, with the step size ``entry``'s search chose for λ = 1.
+
+    The first draw is the λ sweep's λ = 1 chain (draw d uses seeds ``seed + AVERAGE_SEED·d + i``):
+    read back from the sweep's pieces, or — where they are gone (a run resumed on another
+    machine) — run again alone, the same chain up to the rounding of another batch make-up,
+    at a fifth of the sweep's cost. ``averaging_first_draw`` says which."""
     zeta_of_lam = _chosen_steps(entry)
     y = task.measure(test, seed=seed + TEST_SEED)
     n_images, block = test.shape[0], settings.block_images
     zeta_one = zeta_of_lam[max(settings.lams)]
-    # λ = 1's sweep restorations are the first draw (read back from their pieces)
-    draws = [_sweep_restorations(model, replace(task, zeta=zeta_of_lam), test, settings, seed, pieces)[-1]] \
-        if max(settings.lams) == 1.0 else []
+    tuned = replace(task, zeta=zeta_of_lam)
+    draws, first_draw = [], "none: the sweep has no λ = 1"
+    if max(settings.lams) == 1.0 and pieces.has_blocks(f"{tuned.name} sweep", n_images, block):
+        draws, first_draw = [_sweep_restorations(model, tuned, test, settings, seed, pieces)[-1]], "the λ sweep's λ = 1 pieces"
+    elif max(settings.lams) == 1.0:
+        first_draw = "run again: the λ sweep's pieces were gone"
     while len(draws) < max(settings.average_counts):
         draw_seed = seed + AVERAGE_SEED * len(draws)
         draws.append(pieces.in_blocks(f"{task.name} DPS draw {len(draws)}", n_images, block, compute=lambda start, stop, draw_seed=draw_seed:
@@ -315,8 +323,8 @@ def _averaging(model, task: ImageTask, entry: dict, test, settings: Settings, se
     means = torch.stack([torch.stack(draws[:count]).mean(0) for count in settings.average_counts])
     averaging = [dict(row, samples=count) for row, count in
                  zip(dp_rows(test, means, settings.average_counts, reference=reference), settings.average_counts)]
-    progress.step(f"{task.name}: averaging baseline")
-    return {"averaging": averaging}
+    progress.step(f"{task.name}: averaging baseline (first draw: {first_draw})")
+    return {"averaging": averaging, "averaging_first_draw": first_draw}
 
 
 def _ddim(model, task: ImageTask, entry: dict, test, settings: Settings, seed: int, progress, pieces: PieceStore,

@@ -133,20 +133,33 @@ def test_an_interrupted_run_resumes_without_redoing_finished_phases(tmp_path, mo
     assert not (tmp_path / "images.partial.json").exists()
 
 
-def test_a_run_killed_after_its_search_resumes_from_the_partial_file_alone(tmp_path, monkeypatch):
-    """The machine that ran the search is gone with its pieces: the chosen steps come back from the file."""
-    whole = images.run(tmp_path / "whole", settings=BLOCKED)
-    monkeypatch.setattr(images, "_lam_sweep", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt("killed")))
+def test_a_run_resumed_without_its_pieces_reads_finished_phases_from_the_file_alone(tmp_path, monkeypatch):
+    """The machine that ran the search and the sweep is gone with their pieces: both come back from
+    the partial file, and the averaging runs only the λ = 1 chain again for its first draw."""
+    settings = replace(BLOCKED, average_counts=(1, 2))
+    whole = images.run(tmp_path / "whole", settings=settings)
+    monkeypatch.setattr(images, "_averaging", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt("killed")))
     with pytest.raises(KeyboardInterrupt):
-        images.run(tmp_path / "moved", settings=BLOCKED)
+        images.run(tmp_path / "moved", settings=settings)
     shutil.rmtree(tmp_path / "moved" / "images.pieces")
     monkeypatch.undo()
+    traversed_lams = []
+    real_traverse = images.traverse_task
+    monkeypatch.setattr(images, "traverse_task", lambda model, task, y, lams, *args, **kwargs:
+                        traversed_lams.append(list(lams)) or real_traverse(model, task, y, lams, *args, **kwargs))
     monkeypatch.setattr(images, "_search", lambda *args: pytest.fail("the search ran again"))
-    (moved,), (reference,) = images.run(tmp_path / "moved", settings=BLOCKED)["tasks"].values(), whole["tasks"].values()
+    monkeypatch.setattr(images, "_lam_sweep", lambda *args: pytest.fail("the λ sweep ran again"))
+    (moved,), (reference,) = images.run(tmp_path / "moved", settings=settings)["tasks"].values(), whole["tasks"].values()
+    assert traversed_lams == [[1.0]] * 4  # two blocks of the first draw again, two of the second draw
     assert moved["zeta"] == reference["zeta"] and moved["search"] == reference["search"]
-    assert len(moved["search"]) == len(BLOCKED.zeta_factors) + len(BLOCKED.constant_zetas)
-    for series in ("lam_sweep", "averaging", "ddim"):
+    assert len(moved["search"]) == len(settings.zeta_factors) + len(settings.constant_zetas)
+    assert moved["averaging_first_draw"] == "run again: the λ sweep's pieces were gone"
+    assert reference["averaging_first_draw"] == "the λ sweep's λ = 1 pieces"
+    for series in ("lam_sweep", "ddim"):
         assert moved[series] == reference[series], series
+    for row, reference_row in zip(moved["averaging"], reference["averaging"], strict=True):
+        # the same chains, in batches of another make-up: equal up to rounding
+        assert row["mse"] == pytest.approx(reference_row["mse"], rel=1e-4), (row, reference_row)
 
 
 # One task, 4 images in blocks of 2, 4 steps: a task with pieces to resume inside it.
