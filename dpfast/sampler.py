@@ -29,6 +29,7 @@ from dpfast.kernels import dps_update, resolve_backend, reverse_step
 from dpfast.models.base import ScoreModel
 from dpfast.noise import INITIAL_NOISE_STEP, counter_normal_ref, seed_tensor
 from dpfast.operators import Identity, as_operator
+from dpfast.precision import native_bf16
 from dpfast.schedule import VARIANCE_TYPES, Schedule, coefficient_table_tensor
 
 logger = logging.getLogger("dpfast")
@@ -158,7 +159,7 @@ class Sampler:
             On CPUs without native bf16 (AVX2) bf16 is 12–34× slower than float32; on an
             AVX-512-bf16 CPU it measured 1.44–1.47× faster (docs/BENCHMARKS.md, "Sampler"
             and "A second CPU"). ``"auto"``: bfloat16 where the model's device runs it
-            natively (:func:`native_bf16`), else float32, with one log line (logger
+            natively (:func:`dpfast.precision.native_bf16`), else float32, with one log line (logger
             ``"dpfast"``). Results then depend on the machine at the rounding level, which
             the λ = 0 chain amplifies; keep float32 where runs must match across machines.
         channels_last: hand the network its input in ``torch.channels_last`` memory
@@ -662,23 +663,6 @@ def _resolve_mode(mode: str, device: torch.device) -> str:
         )
     logger.info("dpfast: mode 'auto' runs %r on %s: %s", chosen, device.type, reason)
     return chosen
-
-
-def native_bf16(device: torch.device | str) -> tuple[bool, str]:
-    """Whether ``device`` runs bf16 natively (so that ``dtype="auto"`` picks it), and why.
-
-    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: the AVX-512-bf16 or AMX instructions,
-    as torch detects them; without them bf16 is emulated and far slower than float32."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        with torch.cuda.device(device):
-            native = torch.cuda.is_bf16_supported()
-        return native, "the GPU computes bf16 natively" if native else "this GPU has no native bf16"
-    if device.type == "cpu":
-        if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
-            return True, "the CPU has AVX-512-bf16 or AMX (bf16 measured 1.44-1.47x faster than float32 on such a CPU)"
-        return False, "the CPU has no native bf16 (without AVX-512-bf16 or AMX bf16 measured 12-34x slower than float32)"
-    return False, f"no bf16 probe for {device.type} devices"
 
 
 def _resolve_network_dtype(dtype, device: torch.device) -> torch.dtype:

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from dpfast.models.adm import ADMConfig, ADMScoreModel, adm_config
+from dpfast.precision import native_bf16
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.csv"
@@ -88,20 +89,9 @@ class TrainConfig:
             raise ValueError(f"log_every must be >= 1, got {self.log_every}")
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU advertises bf16 arithmetic (AVX512-BF16 or AMX-BF16)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def use_bf16(precision: str, device: torch.device) -> bool:
     if precision == "auto":
-        if device.type == "cuda":
-            return torch.cuda.is_bf16_supported()
-        return device.type == "cpu" and cpu_has_native_bf16()
+        return native_bf16(device)[0]
     return precision == "bf16"
 
 

@@ -218,7 +218,7 @@ def test_auto_mode_runs_eager_on_the_cpu_and_logs_one_line(caplog):
                          ids=["avx2-only", "avx512-bf16", "amx"])
 def test_auto_dtype_picks_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, caplog, avx512_bf16, amx, expected):
     """On an AVX2 CPU bf16 is 12-34x slower than float32, on an AVX-512-bf16 one 1.44-1.47x faster."""
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)  # what dpfast.precision reads
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     with caplog.at_level(logging.INFO, logger="dpfast"):
         sampler = Sampler(ToyConvScore(IMAGE), OPERATOR, steps=3, dtype="auto")

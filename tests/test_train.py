@@ -164,3 +164,13 @@ def test_sigterm_stops_after_the_step_in_flight_and_checkpoints_it(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "STEP 3" in done.stdout and "stopped by signal SIGTERM" in done.stdout
     assert load_checkpoint(tmp_path / "run")["step"] == 3
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["avx2-only", "avx512-bf16"])
+def test_auto_precision_trains_in_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, native):
+    from dpfast.train import use_bf16
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert use_bf16("auto", torch.device("cpu")) is native
+    assert use_bf16("fp32", torch.device("cpu")) is False and use_bf16("bf16", torch.device("cpu")) is True
