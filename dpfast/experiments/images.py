@@ -225,6 +225,9 @@ def status(out_dir) -> dict:
     for name in settings["tasks"]:
         done = [label for series, label in series_names.items() if series in tasks.get(name, {})]
         print(f"[{NAME}]   {name}: {', '.join(done) if done else 'nothing finished'}", flush=True)
+        for series, phase in tasks.get(name, {}).get("phases", {}).items():  # where each ran (runs before 2026-11-29 kept none)
+            print(f"[{NAME}]     {series_names[series]}: {phase['finished']}, {phase['seconds']:.0f} s, {phase['device']}, "
+                  f"torch {phase['torch']}", flush=True)
     print(f"[{NAME}] pieces stored: {len(stored)} of the {expected} the whole run computes "
           f"({sum(stored.values()) / 3600:.1f} h, the wall time they took)", flush=True)
     for name, task_results in tasks.items():
@@ -245,12 +248,18 @@ def _expected_pieces(settings: dict, with_deepinv: bool) -> int:
 
 
 def _print_rows(title: str, task_results: dict) -> None:
-    """The table of whichever series ``task_results`` holds (a finished phase, or the whole task)."""
+    """The table of whichever series ``task_results`` holds (a finished phase, or the whole task);
+    with only a search finished, its choice per λ."""
+    if "zeta" in task_results and "lam_sweep" not in task_results:
+        chosen = replace(TASKS[0], zeta=_chosen_steps(task_results)).zeta_text
+        print(f"[{NAME}] {title}: the search chose {chosen}", flush=True)
     rows = [(f"λ = {row['lam']:g} ({'c' if row['zeta'][0] == 'beta' else 'ζ'} {row['zeta'][1]:g})", row)
             for row in task_results.get("lam_sweep", [])]
     rows += [(f"mean of {row['samples']} DPS samples", row) for row in task_results.get("averaging", [])]
     rows += [(f"DDIM η = {row['eta']:g}", row) for row in task_results.get("ddim", [])]
     rows += [(f"deepinv DPS α = {row['alpha']:g} (weight {row['weight']:g})", row) for row in task_results.get("deepinv", [])]
+    if not rows:
+        return
     common.print_table(title, ("method", "MSE", "PSNR", "SSIM", "FD", "FD unpaired"),
                        [(label, row["mse"], row["psnr"], row["ssim"], row["fd"], row.get("fd_unpaired", "-"))
                         for label, row in rows])

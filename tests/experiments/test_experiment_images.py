@@ -247,6 +247,19 @@ def test_status_counts_the_pieces_of_a_run_stopped_before_its_first_phase_ended(
     assert "has stored 1 piece(s) but finished no phase yet" in capsys.readouterr().out
 
 
+def test_status_of_a_run_with_only_a_search_finished_prints_its_choices(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(images, "traverse_task", _killed_at_call(1, images.traverse_task))
+    with pytest.raises(KeyboardInterrupt):  # in the λ sweep's first block, the search written
+        images.run(tmp_path, settings=BLOCKED)
+    capsys.readouterr()
+    assert images.status(tmp_path)["state"] == "partial"
+    printed = capsys.readouterr().out
+    chosen = json.loads((tmp_path / "images.partial.json").read_text())["tasks"][images.TASKS[0].name]["zeta"]
+    assert f"{images.TASKS[0].name}: step-size search\n" in printed and "the search chose λ 0: " in printed, printed
+    assert "    step-size search: 20" in printed and f"({torch.backends.cpu.get_cpu_capability()})" in printed
+    assert len(chosen) == len(BLOCKED.lams)
+
+
 def test_every_row_has_an_unpaired_fd_above_the_clean_floor_order_aside(quick_run):
     """fd_unpaired compares with *other* clean test images: a restoration of the very images is no help there."""
     _, results = quick_run
