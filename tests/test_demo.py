@@ -9,7 +9,8 @@ from dpfast.models.toy import ToyConvScore
 
 
 @pytest.mark.xfail(strict=True, reason="not met with the shipped weights (14,467 training steps): FD falls (266 -> 54) but "
-                   "the mean MSE at λ = 0 is 3× λ = 1's (0.107 vs 0.033; with 6094 steps 0.0690 vs 0.0677); the λ = 0 "
+                   "the mean MSE at λ = 0 is 3× λ = 1's (0.107 vs 0.033 on an AVX2 CPU, 0.103 vs 0.039 on an AVX-512 "
+                   "one; with 6094 steps 0.0690 vs 0.0677); the λ = 0 "
                    "chain amplifies rounding-sized changes ~1000× (`dpfast reproduce sensitivity`), and more "
                    "steps do not fix it (`dpfast reproduce step_count`: λ = 0's averaged MSE is above λ = 1's at "
                    "25–400 steps) (docs/MODEL_CARD.md, 'Demo'); issue #4 stays open")
