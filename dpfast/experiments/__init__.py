@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
     parser.add_argument("--status", action="store_true",
                         help="images only: print what the run in OUT has finished so far and exit (computes nothing)")
+    parser.add_argument("--markdown", action="store_true", help="with --status: print the tables as Markdown")
     parser.add_argument("--device", default="cpu",
                         help=f"where the chains run (default: cpu); only {', '.join(ON_DEVICE)} can use a GPU, e.g. cuda")
     args = parser.parse_args(argv)
@@ -112,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.status:
         if names != ["images"]:
             parser.error(f"--status: only images keeps a run's state, got {' '.join(names)}")
-        load("images").status(args.out)
+        load("images").status(args.out, markdown=args.markdown)
         return 0
+    if args.markdown:
+        parser.error("--markdown goes with --status (it formats the tables --status prints)")
     if args.medium and any(name not in SIZED for name in names):
         parser.error(f"--medium: only {', '.join(SIZED)} have a medium size, got {' '.join(names)}")
     if args.device != "cpu":

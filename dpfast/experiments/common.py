@@ -90,8 +90,10 @@ class Progress:
         self.step(what)
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence], digits: int = 4) -> None:
-    """A plain fixed-width table on stdout (numbers rounded to ``digits`` decimals)."""
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence], digits: int = 4,
+                markdown: bool = False) -> None:
+    """A plain fixed-width table on stdout (numbers rounded to ``digits`` decimals); with
+    ``markdown``, a Markdown table under the title (what docs/RESULTS.md pastes)."""
 
     def cell(value) -> str:
         if isinstance(value, float):
@@ -99,8 +101,13 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence], di
         return str(value)
 
     texts = [[cell(value) for value in row] for row in rows]
-    widths = [max(len(column), *(len(row[i]) for row in texts)) for i, column in enumerate(columns)]
     print(f"\n{title}")
+    if markdown:
+        print()
+        for line in (columns, ["---"] * len(columns), *texts):
+            print("| " + " | ".join(line) + " |")
+        return
+    widths = [max([len(column), *(len(row[i]) for row in texts)]) for i, column in enumerate(columns)]
     print("  ".join(column.rjust(width) for column, width in zip(columns, widths)))
     for row in texts:
         print("  ".join(value.rjust(width) for value, width in zip(row, widths)))

@@ -188,13 +188,14 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
     return results
 
 
-def status(out_dir) -> dict:
+def status(out_dir, markdown: bool = False) -> dict:
     """What an images run in ``out_dir`` has finished, printed and returned; computes nothing.
 
     For an interrupted run: each task's finished phases (and their tables), and the pieces
     stored so far (they stay until the run ends) against the number the whole run computes
     (``expected``, counting deepinv's when it is installed here), with the wall seconds
-    they took. A finished run's ``images.json`` is summarised instead. Returns
+    they took. A finished run's ``images.json`` is summarised instead. ``markdown``: the
+    tables in Markdown. Returns
     ``{"state": "none" | "started" | "partial" | "finished", ...}`` ("started": pieces stored, no
     phase finished yet).
     """
@@ -204,7 +205,7 @@ def status(out_dir) -> dict:
         results = json.loads(final.read_text())
         print(f"[{NAME}] finished run in {out_dir} ({final.name}):", flush=True)
         for name, task_results in results["tasks"].items():
-            _print_rows(name, task_results)
+            _print_rows(name, task_results, markdown)
         return {"state": "finished", "tasks": results["tasks"]}
     if not partial_path.exists():
         early_pieces = sorted((out_dir / f"{NAME}.pieces").glob("*/*.pt"))
@@ -231,7 +232,7 @@ def status(out_dir) -> dict:
     print(f"[{NAME}] pieces stored: {len(stored)} of the {expected} the whole run computes "
           f"({sum(stored.values()) / 3600:.1f} h, the wall time they took)", flush=True)
     for name, task_results in tasks.items():
-        _print_rows(f"{name}: finished so far", task_results)
+        _print_rows(f"{name}: finished so far", task_results, markdown)
     return {"state": "partial", "tasks": tasks, "stored_pieces": len(stored), "stored_seconds": sum(stored.values()),
             "expected_pieces": expected}
 
@@ -247,7 +248,7 @@ def _expected_pieces(settings: dict, with_deepinv: bool) -> int:
     return per_task * len(settings["tasks"])
 
 
-def _print_rows(title: str, task_results: dict) -> None:
+def _print_rows(title: str, task_results: dict, markdown: bool = False) -> None:
     """The table of whichever series ``task_results`` holds (a finished phase, or the whole task);
     with only a search finished, its choice per λ."""
     if "zeta" in task_results and "lam_sweep" not in task_results:
@@ -262,7 +263,7 @@ def _print_rows(title: str, task_results: dict) -> None:
         return
     common.print_table(title, ("method", "MSE", "PSNR", "SSIM", "FD", "FD unpaired"),
                        [(label, row["mse"], row["psnr"], row["ssim"], row["fd"], row.get("fd_unpaired", "-"))
-                        for label, row in rows])
+                        for label, row in rows], markdown=markdown)
 
 
 def _search(model, task: ImageTask, train, settings: Settings, seed: int, progress, pieces: PieceStore) -> dict:

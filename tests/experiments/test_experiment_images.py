@@ -252,6 +252,9 @@ def test_status_shows_a_killed_run_and_counts_the_pieces_a_whole_run_stores(tmp_
     # one search choice, two sweep blocks, the first DDIM block; the λ = 1 draw is the sweep's
     assert (partial["state"], partial["stored_pieces"], partial["expected_pieces"]) == ("partial", 4, 5)
     assert f"{images.TASKS[0].name}: step-size search, λ sweep, averaging\n" in printed and "pieces stored: 4 of the 5" in printed
+    images.status(tmp_path, markdown=True)  # the tables as docs/RESULTS.md pastes them
+    printed = capsys.readouterr().out
+    assert "| method | MSE | PSNR | SSIM | FD | FD unpaired |\n| --- | --- | --- | --- | --- | --- |\n| λ = 0 (" in printed
     monkeypatch.setattr(images, "ddim_dps_sample", real_ddim)
     images.run(tmp_path, settings=BLOCKED)
     (folder,) = (tmp_path / "images.pieces").iterdir()

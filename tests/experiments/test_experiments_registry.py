@@ -61,3 +61,10 @@ def test_status_is_for_images_only_and_computes_nothing(tmp_path, capsys):
     assert experiments.main(["images", "--status", "-o", str(tmp_path)]) == 0
     assert "no images run in" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []
+
+
+def test_markdown_goes_with_status_only(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        experiments.main(["images", "--markdown", "-o", str(tmp_path)])
+    assert "--markdown goes with --status" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
