@@ -25,6 +25,7 @@ from pytest_benchmark.utils import load_timer
 from reporting import report_table
 
 from dpfast import benchmark as shared
+from dpfast import cpu_memory
 from dpfast.models.loading import BUILTIN_ASSET
 
 DEVICE = os.environ.get("DPFAST_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -73,6 +74,14 @@ def _model(workload: shared.Workload) -> torch.nn.Module:
     if workload.network not in _MODELS:
         _MODELS[workload.network] = shared.build_model(workload.network, workload.image, DEVICE)
     return _MODELS[workload.network]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def memory_as_the_commands_keep_it():
+    """Freed memory kept, as `dpfast bench` and the other commands run (dpfast/cpu_memory.py);
+    the table's device line says which. A fixture, not an import-time call: bench_cpu_memory.py
+    measures the default first in the same session."""
+    cpu_memory.keep_freed_memory_for_commands()
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

@@ -36,6 +36,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from dpfast import cpu_memory
 from dpfast.baselines.deepinv_dps import deepinv_available
 from dpfast.guidance import autograd_vjp
 from dpfast.models.base import ScoreModel
@@ -376,7 +377,9 @@ def device_name(device) -> str:
             model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), platform.processor())
     except OSError:
         model = platform.processor()
-    return f"{model}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, ISA {torch.backends.cpu.get_cpu_capability()}"
+    kept = "kept" if cpu_memory.kept() else "returned to the OS (glibc default)"
+    return (f"{model}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+            f"ISA {torch.backends.cpu.get_cpu_capability()}, freed memory {kept}")
 
 
 def summary_table(rows: Sequence[dict], device, timer: str = "time.perf_counter") -> list[str]:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from dpfast.cpu_memory import keep_freed_memory_for_commands
+
 TASKS = ("denoise", "deblur", "sr", "inpaint", "custom")
 
 
@@ -274,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    keep_freed_memory_for_commands()  # large CPU batches: up to 2.4x faster steps (dpfast/cpu_memory.py)
     if argv and argv[0] == "demo":
         from dpfast.demo import main as demo_main
 

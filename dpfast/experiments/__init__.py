@@ -36,6 +36,8 @@ from types import ModuleType
 
 import torch
 
+from dpfast.cpu_memory import keep_freed_memory_for_commands
+
 EXPERIMENTS = {
     "gmm_1d": "dpfast.experiments.gmm_1d",
     "gaussian": "dpfast.experiments.gaussian",
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu",
                         help=f"where the chains run (default: cpu); only {', '.join(ON_DEVICE)} can use a GPU, e.g. cuda")
     args = parser.parse_args(argv)
+    keep_freed_memory_for_commands()  # the chains' large CPU batches (dpfast/cpu_memory.py)
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
     names = list(EXPERIMENTS) if "all" in args.names else list(dict.fromkeys(args.names))
