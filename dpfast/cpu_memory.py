@@ -11,9 +11,9 @@ at 64; 2-core AVX-512 EPYC, 2026-11-29, docs/BENCHMARKS.md), with bit-identical 
 The price: the process keeps its peak heap for as long as it lives.
 
 :func:`keep_freed_memory` sets that for the whole process (glibc's settings are global);
-the ``dpfast`` commands (and ``python -m dpfast.experiments``) do it first unless
-``DPFAST_KEEP_FREED_MEMORY=0``. Outside Python the same is ``MALLOC_MMAP_MAX_=0
-MALLOC_TRIM_THRESHOLD_=100000000000`` in the environment.
+the ``dpfast`` commands, ``python -m dpfast.experiments`` and ``python -m dpfast.train`` do it
+first unless ``DPFAST_KEEP_FREED_MEMORY=0``. Outside Python the same is
+``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000`` in the environment.
 """
 from __future__ import annotations
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dpfast.cpu_memory import keep_freed_memory_for_commands
 from dpfast.models.adm import ADMConfig, ADMScoreModel, adm_config
 from dpfast.precision import native_bf16
 
@@ -432,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict | None:
     args = build_parser().parse_args(argv)
+    keep_freed_memory_for_commands()  # as every dpfast command (dpfast/cpu_memory.py)
     summary = None
     if args.steps is None:
         if args.export is None:
