@@ -377,7 +377,7 @@ def device_name(device) -> str:
             model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), platform.processor())
     except OSError:
         model = platform.processor()
-    kept = "kept" if cpu_memory.kept() else "returned to the OS (glibc default)"
+    kept = "kept" if cpu_memory.kept() else "not kept"
     return (f"{model}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
             f"ISA {torch.backends.cpu.get_cpu_capability()}, freed memory {kept}")
 
