@@ -84,8 +84,8 @@ def tradeoff_rows() -> list[dict]:
 def tradeoff_sweep(request):
     if request.param == "this-cpu":
         return tradeoff_rows()
-    if platform.machine() not in ("x86_64", "AMD64"):
-        pytest.skip("the AVX2 kernels exist on x86 CPUs only")
+    if platform.machine() not in ("x86_64", "AMD64") or not torch.cpu._is_avx2_supported():
+        pytest.skip("torch's AVX2 kernels need an x86 CPU with AVX2")
     code = ("import json, sys, torch; assert torch.backends.cpu.get_cpu_capability() == 'AVX2', torch.backends.cpu.get_cpu_capability(); "
             "sys.path.insert(0, sys.argv[1]); import test_experiment_images as t; print(json.dumps(t.tradeoff_rows()))")
     done = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)], capture_output=True, text=True,
