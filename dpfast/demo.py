@@ -109,7 +109,7 @@ def search_demo_step_sizes(
     :data:`SEARCH_GRIDS`). Returns ``{task name: {λ: (schedule, value)}}``, the form
     ``DEMO_TASKS`` takes; ``log`` gets one line per choice (one batched traversal each).
     """
-    from dpfast.experiments.image_tasks import search_step_sizes
+    from dpfast.experiments.image_tasks import best_step_sizes, step_size_errors
 
     if model is None:
         from dpfast.models.loading import load_builtin
@@ -126,8 +126,9 @@ def search_demo_step_sizes(
     chosen = {}
     for task in tasks:
         started = time.perf_counter()
-        chosen[task.name] = search_step_sizes(model, task, images, (0.0, 1.0), grids[task.kind], steps, seed=seed,
-                                              log=lambda line: log(f"  {line}"))
+        errors = step_size_errors(model, task, images, (0.0, 1.0), grids[task.kind], steps, seed=seed,
+                                  log=lambda line: log(f"  {line}"))
+        chosen[task.name] = best_step_sizes(errors, (0.0, 1.0))
         log(f"{task.name}: chose {', '.join(f'λ {lam:g}: {task.choice_text(choice)}' for lam, choice in chosen[task.name].items())}"
             f" ({time.perf_counter() - started:.0f} s)")
         for lam, (schedule, value) in chosen[task.name].items():

@@ -177,26 +177,6 @@ def _interpolated_steps(per_lam: Mapping[float, np.ndarray]):
     return zeta
 
 
-def search_step_sizes(
-    model: ScoreModel,
-    task: ImageTask,
-    images: torch.Tensor,
-    lams: Sequence[float],
-    choices: Sequence[tuple[str, float]],
-    steps: int,
-    seed: int = 0,
-    log=print,
-    pieces=None,
-) -> dict[float, tuple[str, float]]:
-    """For each λ, the ``(schedule, value)`` from ``choices`` with the lowest MSE on ``images``
-    (use *training* images): β-scaled and constant steps compete on equal terms.
-
-    :func:`step_size_errors` then :func:`best_step_sizes`; ``log`` and ``pieces`` go to the first.
-    """
-    errors = step_size_errors(model, task, images, lams, choices, steps, seed=seed, log=log, pieces=pieces)
-    return best_step_sizes(errors, lams)
-
-
 def step_size_errors(
     model: ScoreModel,
     task: ImageTask,
@@ -208,7 +188,9 @@ def step_size_errors(
     log=print,
     pieces=None,
 ) -> dict[tuple[str, float], list[float]]:
-    """Each ``(schedule, value)`` of ``choices`` → the MSE on ``images`` at each λ of ``lams``.
+    """Each ``(schedule, value)`` of ``choices`` → the MSE on ``images`` (use *training* images) at
+    each λ of ``lams``; :func:`best_step_sizes` then picks per λ (β-scaled and constant steps
+    compete on equal terms).
 
     One batched traversal per choice; ``log`` gets one line per choice. With a
     :class:`~dpfast.experiments.pieces.PieceStore` as ``pieces`` each choice's traversal is a
@@ -251,5 +233,5 @@ def search_zeta(
     its keys). ``log`` gets one line per value with each λ's MSE.
     """
     choices = [(task.zeta_schedule, float(zeta)) for zeta in zetas]
-    chosen = search_step_sizes(model, task, images, lams, choices, steps, seed=seed, log=log)
+    chosen = best_step_sizes(step_size_errors(model, task, images, lams, choices, steps, seed=seed, log=log), lams)
     return {lam: value for lam, (_, value) in chosen.items()}

@@ -4,7 +4,7 @@ Tasks: denoising with σ_n ∈ {0.1, 0.3, 0.5}, Gaussian blur 61/3.0 and ×4 bic
 super-resolution with σ_n = 0.05. Per task:
 
 1. the DPS step size per λ, found by a small search on Fashion-MNIST *training* images
-   (:func:`~dpfast.experiments.image_tasks.search_step_sizes`: the lowest MSE at each λ
+   (:func:`~dpfast.experiments.image_tasks.step_size_errors` and ``best_step_sizes``: the lowest MSE at each λ
    over the β-scaled step of :func:`~dpfast.guidance.beta_scaled_zeta` at multiples of the
    task's natural scale √m/σ_n, and a few constant ζ — the constant step won on the
    61/3 blur in the demo's search), so the held-out images choose nothing;

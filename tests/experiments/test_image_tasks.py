@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from dpfast.experiments.image_tasks import ImageTask, search_step_sizes
+from dpfast.experiments.image_tasks import ImageTask, best_step_sizes, step_size_errors
 from dpfast.guidance import beta_scaled_zeta
 from dpfast.models.toy import ToyConvScore
 
@@ -41,8 +41,9 @@ def test_search_over_both_schedules_returns_the_lowest_mse_choice_per_lam(model)
     images = torch.rand(2, 1, 32, 32) * 2 - 1
     lines = []
     choices = [("beta", 10.0), ("constant", 0.1), ("constant", 1.0)]
-    chosen = search_step_sizes(model, ImageTask("denoise", 0.1, 1.0), images, [0.0, 1.0], choices, steps=3,
-                               log=lines.append)
+    errors = step_size_errors(model, ImageTask("denoise", 0.1, 1.0), images, [0.0, 1.0], choices, steps=3,
+                              log=lines.append)
+    chosen = best_step_sizes(errors, [0.0, 1.0])
     assert set(chosen) == {0.0, 1.0} and set(chosen.values()) <= set(choices)
     assert [line.split(":")[0] for line in lines] == ["denoise σn=0.1 c 10", "denoise σn=0.1 ζ 0.1", "denoise σn=0.1 ζ 1"]
     mse = {choice: [float(value.split("MSE ")[1]) for value in line.split(": ", 1)[1].split(", ")]
