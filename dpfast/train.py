@@ -14,10 +14,18 @@ so a resumed run takes the same steps as an uninterrupted one. ``--export PATH``
 writes the EMA weights as a plain guided-diffusion state_dict in safetensors, loadable
 with :func:`dpfast.models.adm.load_adm_checkpoint`.
 
+``--init-from WEIGHTS`` starts a new run from exported weights (``builtin`` for the
+shipped ones) instead of a random network: model and EMA both start from them, the step
+count continues from the step recorded in the file's metadata (0 if it has none), the
+optimizer starts fresh and the learning rate warms up again from there. It is how the
+shipped model is trained further when only its EMA weights survive.
+
 Example::
 
     python -m dpfast.train --out runs/builtin --steps 20000 --batch 128 --threads 2 \\
         --export runs/builtin/builtin-fmnist.safetensors
+    python -m dpfast.train --out runs/more --init-from builtin --steps 30000 --device cuda \\
+        --export runs/more/builtin-fmnist.safetensors
 """
 from __future__ import annotations
 
@@ -37,7 +45,8 @@ import torch
 import torch.nn.functional as F
 
 from dpfast.cpu_memory import keep_freed_memory_for_commands
-from dpfast.models.adm import ADMConfig, ADMScoreModel, adm_config
+from dpfast.models.adm import ADMConfig, ADMScoreModel, adm_config, check_state_dict, read_state_dict
+from dpfast.models.loading import BUILTIN_ASSET
 from dpfast.precision import native_bf16
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -54,7 +63,9 @@ class TrainConfig:
     up to it). ``precision`` is ``"bf16"`` (autocast), ``"fp32"`` or ``"auto"``: bf16 on
     a CUDA device that supports it, and on a CPU only where it has native bf16
     instructions (``avx512_bf16``/``amx_bf16``): without them bf16 convolutions are
-    emulated and measured 4-7× slower than fp32.
+    emulated and measured 4-7× slower than fp32. ``init_from``: exported weights (a
+    ``.safetensors`` or ``.pt`` state_dict, or ``"builtin"``) to start a new run from, see
+    the module docstring; only read when ``out`` holds no checkpoint yet.
     """
 
     out: Path
@@ -75,9 +86,12 @@ class TrainConfig:
     log_every: int = 50
     preset: str = "builtin-fmnist"
     device: str = "cpu"
+    init_from: str | Path | None = None
 
     def __post_init__(self):
         self.out = Path(self.out)
+        if self.init_from is not None:
+            self.init_from = str(self.init_from)
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if self.batch < 1:
@@ -151,6 +165,32 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def read_initial_weights(path: Path, network_config: ADMConfig) -> tuple[dict[str, torch.Tensor], int]:
+    """The state_dict to start a run from (strictly checked) and the training step it records.
+
+    A ``.safetensors`` file written by :func:`export_ema` carries its model config and step
+    in its metadata: a config other than ``network_config`` is refused, the step is
+    returned. Files without metadata count as step 0.
+    """
+    state = read_state_dict(path)
+    metadata = {}
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as file:
+            metadata = file.metadata() or {}
+    expected = json.loads(json.dumps(network_config.to_dict()))  # tuples become lists, as in the file
+    if "adm_config" in metadata and json.loads(metadata["adm_config"]) != expected:
+        raise ValueError(
+            f"init_from {str(path)!r} holds a network with config {metadata['adm_config']}, "
+            f"not the one being trained ({json.dumps(network_config.to_dict())})"
+        )
+    with torch.device("meta"):
+        reference = ADMScoreModel(network_config).unet
+    check_state_dict(reference, state, source=f"init_from {str(path)!r}")
+    return state, int(metadata.get("step", 0))
+
+
 def _model_config(preset: str | ADMConfig) -> ADMConfig:
     config = adm_config(preset)
     if config.learn_sigma:
@@ -211,12 +251,21 @@ def _train(config: TrainConfig, images: torch.Tensor | None, model_config: ADMCo
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True)
     generator = torch.Generator().manual_seed(config.seed)
     step = 0
+    init = None  # {"path", "step"} of the weights this run started from, if not random
     if checkpoint_path.is_file():
         state = load_checkpoint(checkpoint_path)
         if state["model_config"] != network_config.to_dict():
             raise ValueError(
                 f"{checkpoint_path} was trained with model config {state['model_config']}, "
                 f"not {network_config.to_dict()}; use another --out"
+            )
+        init = state.get("init_from")
+        started_from = None if init is None else init["path"]
+        if config.init_from is not None and config.init_from != started_from:
+            raise ValueError(
+                f"init_from {str(config.init_from)!r} cannot apply: {checkpoint_path} continues a run started "
+                f"from {'random weights' if started_from is None else repr(started_from)}; "
+                "resume without init_from or use another --out"
             )
         model.unet.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
@@ -225,6 +274,19 @@ def _train(config: TrainConfig, images: torch.Tensor | None, model_config: ADMCo
         torch.set_rng_state(state["torch_rng_state"])
         step = int(state["step"])
         print(f"resumed from {checkpoint_path} at step {step}", flush=True)
+    elif config.init_from is not None:
+        weights_path = BUILTIN_ASSET if config.init_from == "builtin" else Path(config.init_from)
+        weights, step = read_initial_weights(weights_path, network_config)
+        if step >= config.steps:
+            raise ValueError(
+                f"steps must exceed the step the init_from weights record ({step}), got {config.steps}: "
+                "steps counts the total, not the steps to add"
+            )
+        model.unet.load_state_dict(weights)
+        ema.load_state_dict(weights)
+        init = {"path": config.init_from, "step": step}
+        print(f"starting from the weights in {config.init_from} (step {step}); fresh optimizer", flush=True)
+    warmup_from = 0 if init is None else int(init["step"])  # the learning rate warms up again after an init
 
     alpha_bar = torch.as_tensor(model.schedule.alphas_cumprod, dtype=torch.float32)  # on the CPU, like the RNG
     num_timesteps = model.schedule.num_timesteps
@@ -239,6 +301,7 @@ def _train(config: TrainConfig, images: torch.Tensor | None, model_config: ADMCo
                 "generator_state": generator.get_state(),
                 "torch_rng_state": torch.get_rng_state(),
                 "model_config": network_config.to_dict(),
+                **({} if init is None else {"init_from": init}),
                 "train_config": {key: str(value) if isinstance(value, Path) else value
                                  for key, value in dataclasses.asdict(config).items()},
             },
@@ -279,7 +342,7 @@ def _train(config: TrainConfig, images: torch.Tensor | None, model_config: ADMCo
             x_t = (scale * x0 + sigma * noise).to(device).contiguous(memory_format=memory_format)
             t, noise = t.to(device), noise.to(device)
 
-            lr = learning_rate(step, config.lr, config.warmup)
+            lr = learning_rate(step - warmup_from, config.lr, config.warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -390,6 +453,8 @@ def export_ema(checkpoint: str | Path, path: str | Path) -> Path:
         "dpfast_model": "adm",
         "adm_config": json.dumps(state["model_config"]),
         "step": str(int(state["step"])),
+        **({"init_from": Path(state["init_from"]["path"]).name, "init_step": str(int(state["init_from"]["step"]))}
+           if "init_from" in state else {}),
     }
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file(tensors, str(temporary), metadata=metadata)
@@ -428,6 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", default=defaults.preset)
     parser.add_argument("--device", default=defaults.device, help="cpu (default) or cuda")
     parser.add_argument("--export", type=Path, default=None, help="write the EMA weights here (.safetensors)")
+    parser.add_argument("--init-from", default=None, metavar="WEIGHTS",
+                        help="start a new run from these exported weights ('builtin': the shipped ones); "
+                             "steps continue from the step they record")
     return parser
 
 

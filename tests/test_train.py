@@ -174,3 +174,73 @@ def test_auto_precision_trains_in_bf16_only_on_a_cpu_with_native_bf16(monkeypatc
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     assert use_bf16("auto", torch.device("cpu")) is native
     assert use_bf16("fp32", torch.device("cpu")) is False and use_bf16("bf16", torch.device("cpu")) is True
+
+
+def test_a_run_initialised_from_exported_weights_continues_their_step_count_and_resumes(tmp_path):
+    images = synthetic_images()
+    train(tiny_run(tmp_path / "first", 4), images=images, model_config=TINY_CONFIG)
+    weights = export_ema(tmp_path / "first", tmp_path / "first.safetensors")
+    exported = load_adm_checkpoint(weights, TINY_CONFIG).unet.state_dict()
+
+    # No training steps yet: model and EMA are the exported weights, the count starts at their step.
+    with pytest.raises(ValueError, match=r"steps must exceed .*\(4\), got 4"):
+        train(tiny_run(tmp_path / "more", 4, init_from=weights), images=images, model_config=TINY_CONFIG)
+    summary = train(tiny_run(tmp_path / "more", 6, init_from=weights), images=images, model_config=TINY_CONFIG)
+    assert summary["step"] == 6
+    state = load_checkpoint(tmp_path / "more")
+    assert state["init_from"] == {"path": str(weights), "step": 4}
+    with open(tmp_path / "more" / LOG_NAME) as file:
+        rows = list(csv.DictReader(file))
+    assert [int(row["step"]) for row in rows] == [5, 6]
+    # warmup=2 restarts at the init: the first step runs at half the learning rate
+    assert float(rows[0]["lr"]) == pytest.approx(TrainConfig(out=".", steps=0).lr / 2, rel=1e-3)
+    moved = [key for key, value in state["model"].items() if not torch.equal(value, exported[key])]
+    assert moved, "training from the exported weights changed nothing"
+
+    # Resuming that run (with or without repeating init_from) continues it; another init_from is refused.
+    train(tiny_run(tmp_path / "more", 7, init_from=weights), images=images, model_config=TINY_CONFIG)
+    train(tiny_run(tmp_path / "more", 8), images=images, model_config=TINY_CONFIG)
+    assert load_checkpoint(tmp_path / "more")["step"] == 8
+    with pytest.raises(ValueError, match="continues a run started from"):
+        train(tiny_run(tmp_path / "more", 9, init_from="builtin"), images=images, model_config=TINY_CONFIG)
+    with pytest.raises(ValueError, match="random weights"):
+        train(tiny_run(tmp_path / "first", 9, init_from=weights), images=images, model_config=TINY_CONFIG)
+
+    again = export_ema(tmp_path / "more", tmp_path / "more.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(again), framework="pt") as file:
+        metadata = file.metadata()
+    assert (metadata["step"], metadata["init_from"], metadata["init_step"]) == ("8", "first.safetensors", "4")
+
+
+def test_init_from_weights_of_another_network_names_the_problem(tmp_path):
+    images = synthetic_images(8)
+    # The shipped weights are builtin-fmnist's, not the tiny config's: refused by their recorded config.
+    with pytest.raises(ValueError, match="holds a network with config"):
+        train(tiny_run(tmp_path / "a", 2, init_from="builtin"), images=images, model_config=TINY_CONFIG)
+    # A plain state_dict without metadata, one tensor missing: refused by key.
+    from dpfast.models.adm import ADMScoreModel
+
+    state = ADMScoreModel(TINY_CONFIG).unet.state_dict()
+    state.pop("out.2.bias")
+    torch.save(state, tmp_path / "partial.pt")
+    with pytest.raises(ValueError, match=r"out\.2\.bias"):
+        train(tiny_run(tmp_path / "b", 2, init_from=tmp_path / "partial.pt"), images=images, model_config=TINY_CONFIG)
+    assert not (tmp_path / "b" / CHECKPOINT_NAME).exists()
+
+
+def test_init_from_builtin_on_the_command_line_starts_at_the_shipped_step(tmp_path, monkeypatch):
+    images = synthetic_images(8)
+    monkeypatch.setattr(data, "load_fashion_mnist", lambda split, limit=None: (images[:limit], torch.zeros(8)))
+    from safetensors import safe_open
+
+    from dpfast.models.loading import BUILTIN_ASSET
+
+    with safe_open(str(BUILTIN_ASSET), framework="pt") as file:
+        shipped_step = int(file.metadata()["step"])
+    out = tmp_path / "more"
+    main(["--out", str(out), "--init-from", "builtin", "--steps", str(shipped_step + 1), "--batch", "2",
+          "--limit", "4", "--precision", "fp32", "--log-every", "1", "--threads", "1"])
+    state = load_checkpoint(out)
+    assert state["step"] == shipped_step + 1 and state["init_from"] == {"path": "builtin", "step": shipped_step}
