@@ -25,6 +25,8 @@
 # continues an earlier run: DIR holds its checkpoint.pt (or checkpoint.pt.part-* to be
 # joined) and optionally its log.csv. The recipe is the CPU run's (batch 64, fp32, lr 2e-4);
 # the data order depends only on (seed, step), so the continued run takes the same steps.
+# DPFAST_GPU_TRAIN_INIT=WEIGHTS (e.g. "builtin") starts a run that has no checkpoint from
+# those exported weights instead of a random network (`dpfast.train --init-from`).
 #
 # The full images experiment (section "images_full", issue #6: 256 held-out test images,
 # 100 steps, five tasks; `dpfast reproduce images --device cuda`) needs the test split too
@@ -103,7 +105,8 @@ train_ready() {
 train_start() {
   TRAIN_STARTED=$SECONDS
   "$PYTHON" -m dpfast.train --out "$TRAIN_DIR" --steps 30000 --batch 64 --device "${DPFAST_GPU_TRAIN_DEVICE:-cuda}" --precision fp32 \
-    --threads 4 --checkpoint-minutes 1 --log-every 200 >>"$RESULTS/train.log" 2>&1 &
+    --threads 4 --checkpoint-minutes 1 --log-every 200 ${DPFAST_GPU_TRAIN_INIT:+--init-from "$DPFAST_GPU_TRAIN_INIT"} \
+    >>"$RESULTS/train.log" 2>&1 &
   TRAIN_PID=$!
   echo "training in the background (pid $TRAIN_PID)"
 }
