@@ -351,7 +351,11 @@ class AttentionBlock(nn.Module):
         head_width = channels // self.num_heads
         qkv = qkv.reshape(batch, self.num_heads, 3, head_width, height * width)
         query, key, value = (part.transpose(-1, -2) for part in qkv.unbind(dim=2))
-        attended = F.scaled_dot_product_attention(query, key, value)  # scale 1/sqrt(head_width)
+        # q, k, v share qkv's dtype already, so autocast has nothing to cast here, and with
+        # it on, torch.func.vjp's backward through SDPA mixes float32 and bf16 and fails on
+        # the CPU (torch 2.14; the compiled DPS step uses func.vjp). Off, results are the same bits.
+        with torch.autocast(x.device.type, enabled=False):
+            attended = F.scaled_dot_product_attention(query, key, value)  # scale 1/sqrt(head_width)
         attended = attended.transpose(-1, -2).reshape(batch, channels, height * width)
         return (flat + self.proj_out(attended)).reshape(batch, channels, height, width)
 
