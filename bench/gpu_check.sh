@@ -247,7 +247,7 @@ if [ "$TRAINING" = 1 ]; then
   else
     record train FAIL "$TRAIN_SECONDS"
   fi
-  grep -E "^(resumed|training|saved)" "$RESULTS/train.log"
+  grep -E "^(resumed|starting|training|saved)" "$RESULTS/train.log"
 fi
 
 # ------------------------------------------------------------------ back to the caller
