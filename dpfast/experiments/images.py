@@ -191,7 +191,8 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
 def status(out_dir, markdown: bool = False) -> dict:
     """What an images run in ``out_dir`` has finished, printed and returned; computes nothing.
 
-    For an interrupted run: each task's finished phases (and their tables), and the pieces
+    For an interrupted run: each task's finished phases (and their tables), how many of the
+    run's phases are finished (``finished_phases`` of ``phases``), and the pieces
     stored so far (they stay until the run ends) against the number the whole run computes
     (``expected``, counting deepinv's when it is installed here), with the wall seconds
     they took. A finished run's ``images.json`` is summarised instead. ``markdown``: the
@@ -229,12 +230,17 @@ def status(out_dir, markdown: bool = False) -> dict:
         for series, phase in tasks.get(name, {}).get("phases", {}).items():  # where each ran (runs before 2026-11-29 kept none)
             print(f"[{NAME}]     {series_names[series]}: {phase['finished']}, {phase['seconds']:.0f} s, {phase['device']}, "
                   f"torch {phase['torch']}", flush=True)
+    counts_deepinv = bool(settings["deepinv_alphas"]) and deepinv_available()
+    phases_done = sum(series in tasks.get(name, {}) for name in settings["tasks"] for series in series_names)
+    phases_all = len(settings["tasks"]) * (5 if counts_deepinv else 4)
+    not_counted = " (deepinv is not installed here: its phases are not counted)" if settings["deepinv_alphas"] and not counts_deepinv else ""
+    print(f"[{NAME}] phases finished: {phases_done} of {phases_all}{not_counted}", flush=True)
     print(f"[{NAME}] pieces stored: {len(stored)} of the {expected} the whole run computes "
           f"({sum(stored.values()) / 3600:.1f} h, the wall time they took)", flush=True)
     for name, task_results in tasks.items():
         _print_rows(f"{name}: finished so far", task_results, markdown)
     return {"state": "partial", "tasks": tasks, "stored_pieces": len(stored), "stored_seconds": sum(stored.values()),
-            "expected_pieces": expected}
+            "expected_pieces": expected, "finished_phases": phases_done, "phases": phases_all}
 
 
 def _expected_pieces(settings: dict, with_deepinv: bool) -> int:

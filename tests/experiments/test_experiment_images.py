@@ -251,6 +251,7 @@ def test_status_shows_a_killed_run_and_counts_the_pieces_a_whole_run_stores(tmp_
     printed = capsys.readouterr().out
     # one search choice, two sweep blocks, the first DDIM block; the λ = 1 draw is the sweep's
     assert (partial["state"], partial["stored_pieces"], partial["expected_pieces"]) == ("partial", 4, 5)
+    assert (partial["finished_phases"], partial["phases"]) == (3, 4) and "phases finished: 3 of 4\n" in printed
     assert f"{images.TASKS[0].name}: step-size search, λ sweep, averaging\n" in printed and "pieces stored: 4 of the 5" in printed
     images.status(tmp_path, markdown=True)  # the tables as docs/RESULTS.md pastes them
     printed = capsys.readouterr().out
