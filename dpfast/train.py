@@ -165,7 +165,7 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def read_initial_weights(path: Path, network_config: ADMConfig) -> tuple[dict[str, torch.Tensor], int]:
+def _read_initial_weights(path: Path, network_config: ADMConfig) -> tuple[dict[str, torch.Tensor], int]:
     """The state_dict to start a run from (strictly checked) and the training step it records.
 
     A ``.safetensors`` file written by :func:`export_ema` carries its model config and step
@@ -276,7 +276,7 @@ def _train(config: TrainConfig, images: torch.Tensor | None, model_config: ADMCo
         print(f"resumed from {checkpoint_path} at step {step}", flush=True)
     elif config.init_from is not None:
         weights_path = BUILTIN_ASSET if config.init_from == "builtin" else Path(config.init_from)
-        weights, step = read_initial_weights(weights_path, network_config)
+        weights, step = _read_initial_weights(weights_path, network_config)
         if step >= config.steps:
             raise ValueError(
                 f"steps must exceed the step the init_from weights record ({step}), got {config.steps}: "
