@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from dpfast.cpu_memory import keep_freed_memory_for_commands
-from dpfast.models.adm import ADMConfig, ADMScoreModel, adm_config, check_state_dict, read_state_dict
+from dpfast.models.adm import ADMConfig, ADMScoreModel, adm_config, load_adm_checkpoint
 from dpfast.models.loading import BUILTIN_ASSET
 from dpfast.precision import native_bf16
 
@@ -172,9 +172,8 @@ def _read_initial_weights(path: Path, network_config: ADMConfig) -> tuple[dict[s
     in its metadata: a config other than ``network_config`` is refused, the step is
     returned. Files without metadata count as step 0.
     """
-    state = read_state_dict(path)
     metadata = {}
-    if path.suffix.lower() == ".safetensors":
+    if path.suffix.lower() == ".safetensors" and path.is_file():  # a missing file: load_adm_checkpoint says so
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as file:
@@ -185,10 +184,7 @@ def _read_initial_weights(path: Path, network_config: ADMConfig) -> tuple[dict[s
             f"init_from {str(path)!r} holds a network with config {metadata['adm_config']}, "
             f"not the one being trained ({json.dumps(network_config.to_dict())})"
         )
-    with torch.device("meta"):
-        reference = ADMScoreModel(network_config).unet
-    check_state_dict(reference, state, source=f"init_from {str(path)!r}")
-    return state, int(metadata.get("step", 0))
+    return load_adm_checkpoint(path, network_config).unet.state_dict(), int(metadata.get("step", 0))
 
 
 def _model_config(preset: str | ADMConfig) -> ADMConfig:
