@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--status", action="store_true",
                         help="images only: print what the run in OUT has finished so far and exit (computes nothing)")
     parser.add_argument("--markdown", action="store_true", help="with --status: print the tables as Markdown")
+    parser.add_argument("--plot", action="store_true",
+                        help="with --status: also draw an interrupted run's finished series into "
+                             "OUT/images_dp_curve.partial.png")
     parser.add_argument("--device", default="cpu",
                         help=f"where the chains run (default: cpu); only {', '.join(ON_DEVICE)} can use a GPU, e.g. cuda")
     args = parser.parse_args(argv)
@@ -116,10 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.status:
         if names != ["images"]:
             parser.error(f"--status: only images keeps a run's state, got {' '.join(names)}")
-        load("images").status(args.out, markdown=args.markdown)
+        load("images").status(args.out, markdown=args.markdown, plot=args.plot)
         return 0
     if args.markdown:
         parser.error("--markdown goes with --status (it formats the tables --status prints)")
+    if args.plot:
+        parser.error("--plot goes with --status (a run draws its own figure when it finishes)")
     if args.medium and any(name not in SIZED for name in names):
         parser.error(f"--medium: only {', '.join(SIZED)} have a medium size, got {' '.join(names)}")
     if args.device != "cpu":

@@ -124,17 +124,15 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
 
         model = load_builtin()
     model = model.to(device)
-    # the test images restored, then as many other clean test images: the unpaired FD's reference
-    test, _ = load_fashion_mnist("test", limit=2 * settings.images)
-    test, reference = test[: settings.images], test[settings.images :]
+    test, reference = _test_and_reference(settings.images)
     train, _ = load_fashion_mnist("train", limit=settings.search_images)
     test, train = test.to(device), train.to(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with_deepinv = bool(settings.deepinv_alphas) and deepinv_available()
+    with_deepinv = _runs_deepinv(settings.deepinv_alphas)
     if settings.deepinv_alphas and not with_deepinv:
         print(f"[{NAME}] deepinv is not installed (pip install dpfast[bench]): its α baseline is skipped", flush=True)
-    progress = common.Progress(NAME, len(settings.tasks) * (5 if with_deepinv else 4))  # one unit per phase
+    progress = common.Progress(NAME, len(settings.tasks) * _phases_per_task(with_deepinv))  # one unit per phase
     results = {"tasks": {}, "settings": _settings_dict(settings), "fd_floor": metrics.fd(test.cpu(), reference)}
     partial_path = out_dir / f"{NAME}.partial.json"
     run_key = {"settings": results["settings"], "seed": seed, "model_sha256": _weights_digest(model)}
@@ -188,7 +186,16 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
     return results
 
 
-def status(out_dir, markdown: bool = False) -> dict:
+def _test_and_reference(images: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``images`` test images (the ones restored), then as many other clean test
+    images: the unpaired FD's reference."""
+    from dpfast.data import load_fashion_mnist
+
+    test, _ = load_fashion_mnist("test", limit=2 * images)
+    return test[:images], test[images:]
+
+
+def status(out_dir, markdown: bool = False, plot: bool = False) -> dict:
     """What an images run in ``out_dir`` has finished, printed and returned; computes nothing.
 
     For an interrupted run: each task's finished phases (and their tables), how many of the
@@ -196,7 +203,9 @@ def status(out_dir, markdown: bool = False) -> dict:
     stored so far (they stay until the run ends) against the number the whole run computes
     (``expected``, counting deepinv's when it is installed here), with the wall seconds
     they took. A finished run's ``images.json`` is summarised instead. ``markdown``: the
-    tables in Markdown. Returns
+    tables in Markdown. ``plot``: an interrupted run's finished series are also drawn, as the
+    finished run's figure would draw them, into ``images_dp_curve.partial.png`` in ``out_dir``
+    (its path under ``"figure"``; a finished run has its figure already). Returns
     ``{"state": "none" | "started" | "partial" | "finished", ...}`` ("started": pieces stored, no
     phase finished yet).
     """
@@ -207,6 +216,8 @@ def status(out_dir, markdown: bool = False) -> dict:
         print(f"[{NAME}] finished run in {out_dir} ({final.name}):", flush=True)
         for name, task_results in results["tasks"].items():
             _print_rows(name, task_results, markdown)
+        if plot:
+            print(f"[{NAME}] its figure: {out_dir / results['figures'][0]}", flush=True)
         return {"state": "finished", "tasks": results["tasks"]}
     if not partial_path.exists():
         early_pieces = sorted((out_dir / f"{NAME}.pieces").glob("*/*.pt"))
@@ -220,7 +231,8 @@ def status(out_dir, markdown: bool = False) -> dict:
     key, tasks = saved["key"], saved["tasks"]
     settings = key["settings"]
     stored = PieceStore(out_dir / f"{NAME}.pieces", key).stored()
-    expected = _expected_pieces(settings, deepinv_available())
+    counts_deepinv = _runs_deepinv(settings["deepinv_alphas"])
+    expected = _expected_pieces(settings, counts_deepinv)
     series_names = {"zeta": "step-size search", "lam_sweep": "λ sweep", "averaging": "averaging", "ddim": "DDIM-η", "deepinv": "deepinv"}
     print(f"[{NAME}] interrupted run in {out_dir}: {settings['images']} test images, {settings['steps']} steps, "
           f"seed {key['seed']}", flush=True)
@@ -230,17 +242,36 @@ def status(out_dir, markdown: bool = False) -> dict:
         for series, phase in tasks.get(name, {}).get("phases", {}).items():  # where each ran (runs before 2026-11-29 kept none)
             print(f"[{NAME}]     {series_names[series]}: {phase['finished']}, {phase['seconds']:.0f} s, {phase['device']}, "
                   f"torch {phase['torch']}", flush=True)
-    counts_deepinv = bool(settings["deepinv_alphas"]) and deepinv_available()
     phases_done = sum(series in tasks.get(name, {}) for name in settings["tasks"] for series in series_names)
-    phases_all = len(settings["tasks"]) * (5 if counts_deepinv else 4)
+    phases_all = len(settings["tasks"]) * _phases_per_task(counts_deepinv)
     not_counted = " (deepinv is not installed here: its phases are not counted)" if settings["deepinv_alphas"] and not counts_deepinv else ""
     print(f"[{NAME}] phases finished: {phases_done} of {phases_all}{not_counted}", flush=True)
     print(f"[{NAME}] pieces stored: {len(stored)} of the {expected} the whole run computes "
           f"({sum(stored.values()) / 3600:.1f} h, the wall time they took)", flush=True)
     for name, task_results in tasks.items():
         _print_rows(f"{name}: finished so far", task_results, markdown)
-    return {"state": "partial", "tasks": tasks, "stored_pieces": len(stored), "stored_seconds": sum(stored.values()),
-            "expected_pieces": expected, "finished_phases": phases_done, "phases": phases_all}
+    answer = {"state": "partial", "tasks": tasks, "stored_pieces": len(stored), "stored_seconds": sum(stored.values()),
+              "expected_pieces": expected, "finished_phases": phases_done, "phases": phases_all}
+    if plot:
+        drawn = {name: task_results for name, task_results in tasks.items() if any(key in task_results for key, *_ in SERIES)}
+        if drawn:
+            test, reference = _test_and_reference(settings["images"])
+            answer["figure"] = _plot({"tasks": drawn, "fd_floor": metrics.fd(test, reference)},
+                                     out_dir / f"{NAME}_dp_curve.partial.png")
+            print(f"[{NAME}] the finished series of {len(drawn)} task(s) drawn in {answer['figure']}", flush=True)
+        else:
+            print(f"[{NAME}] nothing to draw yet: no task has finished its λ sweep", flush=True)
+    return answer
+
+
+def _runs_deepinv(deepinv_alphas) -> bool:
+    """Whether a run with these α values computes deepinv's phases here (it needs deepinv installed)."""
+    return bool(deepinv_alphas) and deepinv_available()
+
+
+def _phases_per_task(with_deepinv: bool) -> int:
+    """search, λ sweep, averaging, DDIM-η, and deepinv's α series when it runs."""
+    return 5 if with_deepinv else 4
 
 
 def _expected_pieces(settings: dict, with_deepinv: bool) -> int:
@@ -249,7 +280,7 @@ def _expected_pieces(settings: dict, with_deepinv: bool) -> int:
     extra_draws = max(settings["average_counts"]) - (1 if max(settings["lams"]) == 1.0 else 0)
     per_task = (len(settings["zeta_factors"]) + len(settings["constant_zetas"]) + blocks  # search, sweep
                 + extra_draws * blocks + len(settings["etas"]) * blocks)  # averaging, DDIM
-    if with_deepinv and settings["deepinv_alphas"]:
+    if with_deepinv:
         per_task += len(settings["deepinv_alphas"]) * (len(settings["deepinv_weights"]) + blocks)
     return per_task * len(settings["tasks"])
 
@@ -437,6 +468,8 @@ def _plot(results: dict, path: Path) -> Path:
     """MSE against FD per task; a second row against the unpaired FD (with the clean-set floor)
     when every point has one."""
     plt = common.pyplot()
+    from matplotlib.ticker import FuncFormatter
+
     tasks = results["tasks"]
     every_row = [row for task_results in tasks.values() for key, *_ in SERIES for row in task_results.get(key, [])]
     perception = [("fd", "FD to the restored images' clean set (log)")]
@@ -458,8 +491,13 @@ def _plot(results: dict, path: Path) -> Path:
             # log axes: a diverged baseline (FD in the thousands) would otherwise squash every other point
             axis.set_xscale("log")
             axis.set_yscale("log")
-            for log_axis in (axis.xaxis, axis.yaxis):
-                log_axis.set_minor_formatter(plt.NullFormatter())
+            # plain numbers; a panel spanning under two decades (most do) has one major tick or
+            # none, so there its minor ticks are labelled too
+            plain = FuncFormatter(lambda value, _: f"{value:.0f}" if value >= 100 else f"{value:.2g}")
+            for log_axis, (low, high) in ((axis.xaxis, axis.get_xlim()), (axis.yaxis, axis.get_ylim())):
+                log_axis.set_major_formatter(plain)
+                log_axis.set_minor_formatter(plain if high < 100 * low else plt.NullFormatter())
+            axis.tick_params(which="both", labelsize=6)
             axis.set_xlabel("MSE (log)")
             axis.set_ylabel(fd_label, fontsize=8)
         axis_row[0].legend(fontsize=6)

@@ -104,8 +104,8 @@ def test_lam_one_has_the_lower_fd(tradeoff_sweep):
 @pytest.mark.xfail(strict=True, reason=(
     "not met with the shipped weights (step 14,467): MSE at λ = 0 / λ = 1 0.0066 / 0.0026 (AVX-512 CPU), "
     "0.0042 / 0.0025 (AVX2), with seed 1 0.0089 / 0.0025 and 0.0051 / 0.0025; in the full run's 256 images "
-    "(docs/RESULTS.md §4) λ = 0 has the higher MSE on all four tasks finished so far (denoising σ_n 0.1: "
-    "0.0042 against 0.0029, deblurring 0.0838 against 0.0673). Issue #6 stays open on it"))
+    "(docs/RESULTS.md §4) λ = 0 has the higher MSE on all five tasks (denoising σ_n 0.1: "
+    "0.0042 against 0.0029, deblurring 0.0838 against 0.0673, SR ×4 0.0566 against 0.0417). Issue #6 stays open on it"))
 def test_lam_zero_has_the_lower_mse(tradeoff_sweep):
     zero, one = tradeoff_sweep
     assert zero["mse"] < one["mse"], tradeoff_sweep
@@ -257,6 +257,9 @@ def test_status_shows_a_killed_run_and_counts_the_pieces_a_whole_run_stores(tmp_
     images.status(tmp_path, markdown=True)  # the tables as docs/RESULTS.md pastes them
     printed = capsys.readouterr().out
     assert "| method | MSE | PSNR | SSIM | FD | FD unpaired |\n| --- | --- | --- | --- | --- | --- |\n| λ = 0 (" in printed
+    drawn = images.status(tmp_path, plot=True)["figure"]  # the finished series, as the finished run would draw them
+    assert drawn == tmp_path / "images_dp_curve.partial.png" and drawn.stat().st_size > 5_000
+    assert "the finished series of 1 task(s) drawn in" in capsys.readouterr().out
     monkeypatch.setattr(images, "ddim_dps_sample", real_ddim)
     images.run(tmp_path, settings=BLOCKED)
     (folder,) = (tmp_path / "images.pieces").iterdir()
@@ -280,8 +283,9 @@ def test_status_of_a_run_with_only_a_search_finished_prints_its_choices(tmp_path
     with pytest.raises(KeyboardInterrupt):  # in the λ sweep's first block, the search written
         images.run(tmp_path, settings=BLOCKED)
     capsys.readouterr()
-    assert images.status(tmp_path)["state"] == "partial"
+    assert "figure" not in images.status(tmp_path, plot=True)
     printed = capsys.readouterr().out
+    assert "nothing to draw yet: no task has finished its λ sweep" in printed and not (tmp_path / "images_dp_curve.partial.png").exists()
     chosen = json.loads((tmp_path / "images.partial.json").read_text())["tasks"][images.TASKS[0].name]["zeta"]
     assert f"{images.TASKS[0].name}: step-size search\n" in printed and "the search chose λ 0: " in printed, printed
     assert "    step-size search: 20" in printed and f"({torch.backends.cpu.get_cpu_capability()})" in printed

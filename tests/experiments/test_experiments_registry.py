@@ -63,8 +63,9 @@ def test_status_is_for_images_only_and_computes_nothing(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_markdown_goes_with_status_only(tmp_path, capsys):
+@pytest.mark.parametrize("flag", ["--markdown", "--plot"])
+def test_status_options_go_with_status_only(tmp_path, capsys, flag):
     with pytest.raises(SystemExit):
-        experiments.main(["images", "--markdown", "-o", str(tmp_path)])
-    assert "--markdown goes with --status" in capsys.readouterr().err
+        experiments.main(["images", flag, "-o", str(tmp_path)])
+    assert f"{flag} goes with --status" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
