@@ -181,7 +181,12 @@ if wanted sampler_tests; then
 fi
 
 # ------------------------------------------------------------------ benchmarks (the GPU to themselves)
-if [ "$TRAINING" = 1 ]; then
+benchmarks_wanted() {
+  local name
+  for name in sampler_bench compile_bench network_bench kernel_bench images_full; do wanted "$name" && return 0; done
+  return 1
+}
+if [ "$TRAINING" = 1 ] && benchmarks_wanted; then  # with none, the trainer keeps running to the deadline
   section "pausing training for the benchmarks"
   train_stop
 fi
@@ -237,8 +242,8 @@ fi
 # ------------------------------------------------------------------ training until the deadline
 if [ "$TRAINING" = 1 ]; then
   section "training until the deadline"
-  if [ "$(left)" -gt 30 ]; then
-    train_start
+  if [ -n "$TRAIN_PID" ] || [ "$(left)" -gt 30 ]; then  # still running (no benchmark paused it), or worth a restart
+    [ -n "$TRAIN_PID" ] || train_start
     while kill -0 "$TRAIN_PID" 2>/dev/null && [ "$(left)" -gt 0 ]; do sleep 2; done
     train_stop
   fi
