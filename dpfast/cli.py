@@ -87,9 +87,7 @@ def _sampler(args, model, operator):
     options = dict(steps=args.steps, zeta=args.zeta, progress=not args.quiet)
     if args.dtype != "float32":
         options["dtype"] = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
-    if args.mode != "auto":
-        options["mode"] = args.mode
-    return Sampler(model, operator, **options)
+    return Sampler(model, operator, mode=args.mode, **options)
 
 
 def _load(args):
@@ -226,7 +224,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "auto"), default="float32",
                         help="the network's precision; auto: bfloat16 where the device runs it natively")
-    parser.add_argument("--mode", choices=("auto", "eager", "compile", "cudagraph"), default="auto")
+    parser.add_argument("--mode", choices=("auto", "eager", "compile", "cudagraph"), default="auto",
+                        help="how each step runs; auto (default): cudagraph on CUDA, eager on the CPU")
     parser.add_argument("--seed", type=int, default=0, help="base seed; each image's seed also hashes its file name")
     parser.add_argument("--degrade", action="store_true", help="inputs are clean images: synthesise y = A(x) + σ_n n")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -265,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(restore)
     traverse = commands.add_parser("traverse", help="one image's distortion–perception strip")
     traverse.add_argument("image", help="a PNG/JPEG/NPY file")
-    traverse.add_argument("--lams", default="0,0.25,0.5,0.75,1", help="comma-separated λ values")
+    traverse.add_argument("--lams", default="0,0.25,0.5,0.75,1", help="comma-separated λ values (default 0,0.25,0.5,0.75,1)")
     traverse.add_argument("-o", "--output", required=True, help="output PNG")
     _add_common(traverse)
     commands.add_parser("demo", help="restore bundled Fashion-MNIST test images across λ (the built-in model)", add_help=False)
@@ -288,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "reproduce":
         from dpfast.experiments import main as reproduce_main
 
-        return reproduce_main(argv[1:])
+        return reproduce_main(argv[1:], prog="dpfast reproduce")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

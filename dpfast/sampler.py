@@ -177,8 +177,8 @@ class Sampler:
               new batch shape compiles (``last_compile_seconds``: 25 s to 7 min on a
               2-core CPU; :meth:`prepare` does it ahead of time). At most 8 batch
               shapes per sampler (torch._dynamo's recompile limit).
-            - ``"cudagraph"`` (CUDA only; **untested on hardware**: written on a
-              machine without a GPU): static buffers per batch shape, one step
+            - ``"cudagraph"`` (CUDA only; run and tested on an H200, docs/BENCHMARKS.md
+              "GPU"): static buffers per batch shape, one step
               captured once and replayed ``steps`` times, the step id living in a
               device tensor, noise drawn in the kernels, no host sync in the loop.
               The operator must not read CPU tensors inside (dpfast's operators are

@@ -127,6 +127,18 @@ def test_checkpoint_that_does_not_match_its_config_is_a_clean_error(tmp_path, im
     assert not out.exists()
 
 
+@pytest.mark.parametrize("flags, mode", [([], "auto"), (["--mode", "eager"], "eager")])
+def test_the_mode_flag_reaches_the_sampler(checkpoint, flags, mode):
+    """--mode's default is the sampler's "auto" (cudagraph on CUDA), not the Sampler class's own default."""
+    from dpfast.cli import _load, _sampler, build_operator, build_parser
+
+    args = build_parser().parse_args(["restore", "x.png", "-o", "out", "--model", str(checkpoint), "--config", "builtin-fmnist",
+                                      "--device", "cpu", *flags])
+    model = _load(args)
+    sampler = _sampler(args, model, build_operator(args.task, tuple(model.image_shape), args))
+    assert (sampler.mode, sampler.active_mode) == (mode, "eager")
+
+
 def test_image_seed_depends_on_name_and_base_seed_only():
     assert image_seed("a.png", 0) == image_seed("a.png", 0)
     assert image_seed("a.png", 0) != image_seed("b.png", 0) != image_seed("a.png", 1)
@@ -139,7 +151,8 @@ def test_reproduce_is_wired_to_the_experiments(capsys):
     with _pytest.raises(SystemExit) as exit_info:
         main(["reproduce", "--help"])
     assert exit_info.value.code == 0
-    assert "gmm_1d" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "gmm_1d" in printed and printed.startswith("usage: dpfast reproduce ")
 
 
 def test_restore_with_the_builtin_model(tmp_path, image_folder):

@@ -87,10 +87,11 @@ def run(name: str, out_dir, quick: bool = False, seed: int = 0, medium: bool = F
     return load(name).run(out_dir, quick=quick, seed=seed, **on_device)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m dpfast.experiments NAME [NAME ...] -o OUT [--quick] [--seed S]``; ``all`` runs every one."""
+def main(argv: list[str] | None = None, prog: str = "python -m dpfast.experiments") -> int:
+    """``python -m dpfast.experiments NAME [NAME ...] -o OUT [--quick] [--seed S]``; ``all`` runs every one.
+    ``prog``: the command name its help and errors show (``dpfast reproduce`` from the CLI)."""
     parser = argparse.ArgumentParser(
-        prog="python -m dpfast.experiments",
+        prog=prog,
         description="Reproduce the paper's experiments (figures and a JSON of numbers per experiment).",
         epilog="images keeps its finished work in OUT as it goes: run the same command again (same -o, size, "
                "seed) to continue an interrupted run where it stopped; `images --status -o OUT` shows how far it got.",
