@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from dpfast import validation
 from dpfast.cpu_memory import keep_freed_memory_for_commands
 
 TASKS = ("denoise", "deblur", "sr", "inpaint", "custom")
@@ -54,13 +55,7 @@ def build_operator(task: str, image_shape: tuple[int, ...], args):
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"--device {name!r} is not a device: {error}") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device")
-    return device
+    return validation.check_device("--device", name)
 
 
 def check_writable(path: Path, flag: str = "-o") -> None:
@@ -195,6 +190,8 @@ def cmd_traverse(args) -> int:
     output = Path(args.output)
     if output.is_dir():
         raise ValueError(f"-o {args.output!r} is a folder; traverse writes one PNG file")
+    if output.suffix.lower() != ".png":
+        raise ValueError(f"-o {args.output!r}: traverse writes a PNG, so its name must end in .png")
     check_writable(output.parent)
     model = _load(args)
     operator = build_operator(args.task, tuple(model.image_shape), args)
@@ -241,8 +238,6 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def check_arguments(args) -> None:
     """Reject out-of-range numbers by their flag before any model is loaded or file written."""
-    from dpfast import validation
-
     if args.command == "restore":
         validation.check_lam(args.lam, "--lam")
     validation.check_number("--sigma-n", args.sigma_n, 0.0)
@@ -250,6 +245,16 @@ def check_arguments(args) -> None:
     validation.check_positive_int("--steps", args.steps)  # its upper end (the model's T) is checked by the sampler
     if args.threads is not None:
         validation.check_positive_int("--threads", args.threads)
+    # the operator's own flags, for the task that reads them (the model's size is checked once it is loaded)
+    if args.task == "deblur":
+        if validation.check_positive_int("--blur-size", args.blur_size) % 2 == 0:
+            raise ValueError(f"--blur-size must be odd (a kernel centred on its pixel), got {args.blur_size}")
+        if validation.check_number("--blur-sigma", args.blur_sigma, 0.0) == 0.0:
+            raise ValueError("--blur-sigma must be > 0, got 0.0")
+    if args.task == "sr":
+        validation.check_positive_int("--factor", args.factor)
+    if args.task == "inpaint" and args.box is not None:
+        validation.check_positive_int("--box", args.box)
 
 
 def build_parser() -> argparse.ArgumentParser:

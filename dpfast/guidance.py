@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from dpfast import validation
+
 GUIDANCE_MODES = ("dps", "none", "x0")
 
 
@@ -20,7 +22,8 @@ def _check_zeta_value(value, where: str) -> float:
 
 
 def _interpolate_mapping(mapping: Mapping, lam: float) -> float:
-    points = sorted((float(key), _check_zeta_value(value, f"for lam={key}")) for key, value in mapping.items())
+    points = sorted((validation.check_number(f"zeta mapping key {key!r}", key), _check_zeta_value(value, f"for lam={key}"))
+                    for key, value in mapping.items())
     if not points:
         raise ValueError("zeta mapping must hold at least one (lam, zeta) pair")
     keys = [key for key, _ in points]
@@ -89,6 +92,8 @@ def zeta_table(zeta, lams: Sequence[float], steps: int) -> np.ndarray:
             value = zeta(lam)
         else:
             value = zeta
+        if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 0:
+            value = value.item()  # a 0-dim array is one number, not a per-step sequence
         if isinstance(value, (Sequence, np.ndarray, torch.Tensor)) and not isinstance(value, str):
             column = _per_step(value, steps, f"for lam={lam}")[::-1]
         else:

@@ -70,6 +70,13 @@ def load_image(path: str | Path, channels: int) -> torch.Tensor:
     try:
         with Image.open(path) as image:
             image.load()
+            _check_opaque(image, path)
+            if image.mode in SIXTEEN_BIT_MODES:  # convert("L") would saturate them: scale the 16 bits instead
+                array = np.asarray(image).astype(np.float32)[None] / 65535.0 * 255.0
+                return torch.from_numpy(np.repeat(array, channels, axis=0) / 127.5 - 1.0)
+            if image.mode not in EIGHT_BIT_MODES:
+                raise ValueError(f"image {str(path)!r} has PIL mode {image.mode!r}; expected 8-bit grayscale, RGB or "
+                                 f"palette, or 16-bit grayscale ({', '.join(EIGHT_BIT_MODES + SIXTEEN_BIT_MODES)})")
             converted = image.convert("L" if channels == 1 else "RGB")
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"cannot read image {str(path)!r}: {error}") from error
@@ -79,6 +86,20 @@ def load_image(path: str | Path, channels: int) -> torch.Tensor:
     else:
         array = array.transpose(2, 0, 1)
     return torch.from_numpy(array / 127.5 - 1.0)
+
+
+# PIL modes read as they are: 8 bits per channel, and 16-bit grayscale (PNG), scaled from 0..65535
+EIGHT_BIT_MODES = ("1", "L", "P", "RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr")
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L")
+
+
+def _check_opaque(image, path: Path) -> None:
+    """Restoration has no use for transparency, and dropping it would change what the image shows."""
+    if image.mode in ("RGBA", "LA", "PA") or image.mode == "P" and "transparency" in image.info:
+        alpha = np.asarray(image.convert("RGBA"))[..., 3]
+        if (alpha < 255).any():
+            raise ValueError(f"image {str(path)!r} has {int((alpha < 255).sum())} transparent pixel(s); "
+                             "flatten it onto a background first")
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -103,6 +124,13 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 def save_image(image: torch.Tensor, path: str | Path) -> None:
     """Write ``(C, H, W)`` in [-1, 1] to PNG/JPEG (8-bit) or NPY (float32, exact), atomically."""
     path = Path(path)
+    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise ValueError(f"cannot write {str(path)!r}: its suffix must be one of {SUPPORTED_SUFFIXES}")
+    if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] not in (1, 3):
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"save_image writes one (C, H, W) image with C = 1 or 3, got {shape}")
+    if not torch.isfinite(image).all():
+        raise ValueError(f"cannot write {str(path)!r}: the image holds {int((~torch.isfinite(image)).sum())} NaN or Inf values")
     if path.suffix.lower() == ".npy":
         array = image.detach().float().cpu().numpy()
 
@@ -123,6 +151,9 @@ def save_grid(rows: list[list[torch.Tensor]], path: str | Path, padding: int = 2
     upsampled to the largest by pixel repetition) into one PNG, atomically."""
     import torch.nn.functional as F
 
+    if Path(path).suffix.lower() != ".png":
+        raise ValueError(f"save_grid writes a PNG: {str(path)!r} must end in .png")
+
     height = max(image.shape[1] for row in rows for image in row)
     width = max(image.shape[2] for row in rows for image in row)
     channels = rows[0][0].shape[0]
@@ -134,4 +165,4 @@ def save_grid(rows: list[list[torch.Tensor]], path: str | Path, padding: int = 2
                 image = F.interpolate(image[None].float(), size=(height, width), mode="nearest")[0]
             top, left = padding + r * (height + padding), padding + c * (width + padding)
             canvas[:, top : top + height, left : left + width] = image.detach().float().cpu()
-    save_image(canvas, Path(path).with_suffix(".png"))
+    save_image(canvas, Path(path))

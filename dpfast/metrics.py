@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from dpfast.validation import check_number, check_positive_int, check_tensor
 
 IMAGE_DATA_RANGE = 2.0  # images in [-1, 1]
+# psnr/ssim refuse images that both span more than this times data_range (a wrong scale)
+DATA_RANGE_SLACK = 1.01
 
 # SSIM constants of Wang, Bovik, Sheikh & Simoncelli (2004).
 SSIM_WINDOW_SIZE = 11
@@ -76,6 +78,20 @@ def mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x - y).square().flatten(1).mean(dim=1)
 
 
+def _check_data_range(x: torch.Tensor, y: torch.Tensor, data_range) -> float:
+    """A positive ``data_range`` that the images fit: when both ``x`` and ``y`` span more than
+    it (a noisy measurement may; the clean images it is compared with do not), the scale is
+    wrong — e.g. 8-bit images scored with the [-1, 1] default — and every score would mean nothing."""
+    data_range = check_number("data_range", data_range, low=0.0)
+    if data_range == 0.0:
+        raise ValueError("data_range must be positive (max - min of the pixel scale), got 0.0")
+    spans = [float(image.max() - image.min()) if image.numel() else 0.0 for image in (x, y)]
+    if min(spans) > DATA_RANGE_SLACK * data_range:
+        raise ValueError(f"x spans {spans[0]:g} and y {spans[1]:g}, more than data_range={data_range:g}: pass the "
+                         "images' own scale (2 for [-1, 1], 1 for [0, 1], 255 for 8-bit)")
+    return data_range
+
+
 def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = IMAGE_DATA_RANGE) -> torch.Tensor:
     """Peak signal-to-noise ratio of each image in dB: ``10 log10(data_range² / mse(x, y))``.
 
@@ -89,9 +105,8 @@ def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = IMAGE_DATA_RANGE)
         >>> psnr(torch.zeros(1, 1, 4, 4), torch.full((1, 1, 4, 4), 0.2))  # 10 log10(4 / 0.04)
         tensor([20.])
     """
-    data_range = check_number("data_range", data_range, low=0.0)
-    if data_range == 0.0:
-        raise ValueError("data_range must be positive (max - min of the pixel scale), got 0.0")
+    x, y = _check_image_pair(x, y)
+    data_range = _check_data_range(x, y, data_range)
     error = mse(x, y)
     # 20 log10(range) − 10 log10(mse): no underflow of range² for tiny ranges; mse = 0 gives +inf
     return 20.0 * math.log10(data_range) - 10.0 * torch.log10(error)
@@ -149,9 +164,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = IMAGE_DATA_RANGE)
         tensor([1., 1.])
     """
     x, y = _check_image_pair(x, y)
-    data_range = check_number("data_range", data_range, low=0.0)
-    if data_range == 0.0:
-        raise ValueError("data_range must be positive (max - min of the pixel scale), got 0.0")
+    data_range = _check_data_range(x, y, data_range)
     height, width = x.shape[-2:]
     if height < SSIM_WINDOW_SIZE or width < SSIM_WINDOW_SIZE:
         raise ValueError(
@@ -322,6 +335,11 @@ def frechet_distance(mean_a, covariance_a, mean_b, covariance_b) -> float:
     ):
         if value.shape != shape:
             raise ValueError(f"{name} must have shape {shape} to match mean_a {mean_a.shape}, got {value.shape}")
+    for name, covariance in (("covariance_a", covariance_a), ("covariance_b", covariance_b)):
+        asymmetry = float(np.abs(covariance - covariance.T).max()) if covariance.size else 0.0
+        if asymmetry > 1e-6 * max(float(np.abs(covariance).max()), 1e-300):
+            raise ValueError(f"{name} must be symmetric (a covariance), got entries differing by {asymmetry:g} "
+                             "from their transpose")
 
     root = None
     if not (_is_near_singular(covariance_a) or _is_near_singular(covariance_b)):

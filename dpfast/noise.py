@@ -31,6 +31,8 @@ from typing import Sequence
 
 import torch
 
+from dpfast.validation import check_seeds
+
 MASK32 = 0xFFFFFFFF
 HASH_MULTIPLIER_1 = 0x21F0AAAD
 HASH_MULTIPLIER_2 = 0x735A2D97
@@ -69,25 +71,10 @@ def seed_words(seeds: int | Sequence[int], batch: int) -> list[int]:
     """Per-sample 32-bit seed words: an int ``s`` gives ``s, s+1, ..., s+B-1``.
 
     Each seed is folded to 32 bits by mixing its high and low halves, so seeds up to
-    2**64 stay distinct in practice. Raises on negative or non-integer seeds.
+    2**64 stay distinct in practice. Raises on negative or non-integer seeds
+    (:func:`dpfast.validation.check_seeds`).
     """
-    if isinstance(seeds, bool):
-        raise TypeError(f"seed must be an int or a sequence of ints, got {seeds!r}")
-    if isinstance(seeds, int):
-        values = [seeds + i for i in range(batch)]
-    else:
-        values = list(seeds)
-        if len(values) != batch:
-            raise ValueError(f"seed must hold one seed per sample ({batch}), got {len(values)}")
-    words = []
-    for value in values:
-        if isinstance(value, bool) or not isinstance(value, int) and not hasattr(value, "__index__"):
-            raise TypeError(f"seed values must be ints, got {value!r}")
-        value = int(value)
-        if not 0 <= value < 2**64:
-            raise ValueError(f"seed values must lie in [0, 2**64), got {value}")
-        words.append(hash32_int(value & MASK32) ^ hash32_int((value >> 32) ^ 0x5BD1E995))
-    return words
+    return [hash32_int(value & MASK32) ^ hash32_int((value >> 32) ^ 0x5BD1E995) for value in check_seeds(seeds, batch)]
 
 
 def sample_keys(seed_words_tensor: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:

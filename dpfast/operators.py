@@ -6,18 +6,48 @@ before sampling starts. Adjoints come from autograd (see :func:`adjoint`).
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from dpfast.noise import MEASUREMENT_NOISE_STEP, counter_normal_ref, seed_tensor
-from dpfast.validation import check_tensor
+from dpfast.validation import check_number, check_positive_int, check_tensor
+
+
+def _as_int(value) -> int | None:
+    """A Python, NumPy or 0-dim tensor integer as an int; None for anything else."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        return None
+    try:
+        return int(value.__index__())
+    except (TypeError, RuntimeError):  # e.g. a float tensor
+        return None
+
+
+def _as_float(value) -> float | None:
+    """One finite real number (Python, NumPy or a one-element tensor) as a float; None otherwise."""
+    try:
+        return check_number("value", value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _image_shape(name: str, image_shape: Sequence[int]) -> tuple[int, int, int]:
+    shape = tuple(image_shape) if isinstance(image_shape, (Sequence, torch.Size)) else ()
+    if len(shape) != 3 or any(_as_int(size) is None or _as_int(size) < 1 for size in shape):
+        raise ValueError(f"{name} must be an image shape (C, H, W) of positive ints, got {image_shape!r}")
+    return tuple(_as_int(size) for size in shape)
 
 
 class Operator:
-    """Base class: ``__call__(x) -> y`` plus shape reporting and checks."""
+    """Base class: ``__call__(x) -> y`` plus shape reporting and checks.
+
+    ``output_bound``: the largest ``|A(x)|`` over images ``x`` in [-1, 1], or None when
+    unknown (then the sampler does not check the range of y).
+    """
+
+    output_bound: float | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -36,6 +66,8 @@ class Operator:
 
 class Identity(Operator):
     """Denoising: A(x) = x."""
+
+    output_bound = 1.0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -57,13 +89,16 @@ class GaussianBlur(Operator):
     sigma=3.0`` is the DPS setting. Needs ``H, W > kernel_size // 2`` (reflect padding).
     """
 
+    output_bound = 1.0  # a weighted mean: non-negative taps summing to 1
+
     def __init__(self, kernel_size: int = 61, sigma: float = 3.0):
-        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        size, width = _as_int(kernel_size), _as_float(sigma)
+        if size is None or size < 1 or size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
-        if not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
+        if width is None or width <= 0:
             raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
-        self.kernel_size = kernel_size
-        self.sigma = float(sigma)
+        self.kernel_size = size
+        self.sigma = width
         self.taps = gaussian_kernel_1d(kernel_size, self.sigma)
 
     @property
@@ -104,14 +139,18 @@ class SuperResolution(Operator):
     """
 
     MODES = ("bicubic", "avgpool")
+    # avgpool averages; the antialiased bicubic taps have absolute sums up to 1.19 per axis
+    # (factors 2-8, measured), so up to 1.41 in 2-D
+    BOUNDS = {"bicubic": 1.5, "avgpool": 1.0}
 
     def __init__(self, factor: int = 4, mode: str = "bicubic"):
-        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        if _as_int(factor) is None or _as_int(factor) < 1:
             raise ValueError(f"factor must be a positive int, got {factor!r}")
         if mode not in self.MODES:
             raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
-        self.factor = factor
+        self.factor = _as_int(factor)
         self.mode = mode
+        self.output_bound = self.BOUNDS[mode]
 
     def check_input_shape(self, image_shape: Sequence[int]) -> None:
         if len(image_shape) != 3:
@@ -142,24 +181,30 @@ class Inpainting(Operator):
     the batch. Build one with :meth:`box` or :meth:`random_pixels`.
     """
 
+    output_bound = 1.0
+
     def __init__(self, mask: torch.Tensor):
         if not isinstance(mask, torch.Tensor):
             raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
         if mask.dim() == 2:
             mask = mask.unsqueeze(0)
-        if mask.dim() != 3:
-            raise ValueError(f"mask must have shape (H, W), (1, H, W) or (C, H, W), got {tuple(mask.shape)}")
+        if mask.dim() != 3 or mask.numel() == 0:
+            raise ValueError(f"mask must have shape (H, W), (1, H, W) or (C, H, W) with H, W >= 1, got {tuple(mask.shape)}")
         if mask.dtype == torch.bool:
             mask = mask.float()
         if not torch.all((mask == 0) | (mask == 1)):
-            raise ValueError("mask must hold only 0 and 1")
+            values = torch.unique(mask.detach().cpu().float()).tolist()
+            raise ValueError(f"mask must hold only 0 and 1, got values {values[:6]}{' ...' if len(values) > 6 else ''}")
         self.mask = mask.float()
 
     @classmethod
     def box(cls, image_shape: Sequence[int], size: int | tuple[int, int]) -> "Inpainting":
         """A centred box of ``size`` (pixels, int or (h, w)) removed from ``(C, H, W)`` images."""
-        _, height, width = image_shape
-        box_h, box_w = (size, size) if isinstance(size, int) else size
+        _, height, width = _image_shape("image_shape", image_shape)
+        pair = (size, size) if _as_int(size) is not None else tuple(size) if isinstance(size, Sequence) else ()
+        if len(pair) != 2 or any(_as_int(side) is None for side in pair):
+            raise TypeError(f"size must be an int or a pair (h, w) of ints, got {size!r}")
+        box_h, box_w = (_as_int(side) for side in pair)
         if not (0 < box_h <= height and 0 < box_w <= width):
             raise ValueError(f"box size {(box_h, box_w)} must fit in the image {height}x{width}")
         mask = torch.ones(1, height, width)
@@ -170,11 +215,12 @@ class Inpainting(Operator):
     @classmethod
     def random_pixels(cls, image_shape: Sequence[int], fraction_missing: float, seed: int = 0) -> "Inpainting":
         """Remove a seeded random ``fraction_missing`` of pixel positions (all channels)."""
-        if not 0.0 <= fraction_missing < 1.0:
-            raise ValueError(f"fraction_missing must lie in [0, 1), got {fraction_missing!r}")
-        _, height, width = image_shape
-        generator = torch.Generator().manual_seed(seed)
-        keep = torch.rand(1, height, width, generator=generator) >= fraction_missing
+        fraction = _as_float(fraction_missing)
+        if fraction is None or not 0.0 <= fraction < 1.0:
+            raise ValueError(f"fraction_missing must be a number in [0, 1), got {fraction_missing!r}")
+        _, height, width = _image_shape("image_shape", image_shape)
+        generator = torch.Generator().manual_seed(check_positive_int("seed", seed, 0, 2**63 - 1))
+        keep = torch.rand(1, height, width, generator=generator) >= fraction
         return cls(keep)
 
     def check_input_shape(self, image_shape: Sequence[int]) -> None:
@@ -201,6 +247,8 @@ class MatrixOperator(Operator):
         matrix = torch.as_tensor(matrix)
         if matrix.dim() != 2:
             raise ValueError(f"matrix must be 2-D (m, d), got shape {tuple(matrix.shape)}")
+        if not torch.isfinite(matrix).all():
+            raise ValueError(f"matrix must hold finite values, got {int((~torch.isfinite(matrix)).sum())} NaN or Inf")
         self.matrix = matrix.to(torch.float64)
 
     def check_input_shape(self, image_shape: Sequence[int]) -> None:
@@ -234,7 +282,13 @@ class FunctionOperator(Operator):
         try:
             out = self.function(probe)
         except Exception:  # not every user function runs on meta tensors
-            out = self.function(torch.zeros((1,) + tuple(input_shape)[1:]))
+            try:
+                out = self.function(torch.zeros((1,) + tuple(input_shape)[1:]))
+            except Exception as error:
+                raise ValueError(f"operator {self!r} failed on a zero image of shape {(1,) + tuple(input_shape)[1:]}: "
+                                 f"{type(error).__name__}: {error}") from error
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(f"operator {self!r} must return a torch.Tensor, got {type(out).__name__}")
             return (input_shape[0],) + tuple(out.shape[1:])
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"operator must return a torch.Tensor, got {type(out).__name__}")
@@ -277,14 +331,16 @@ def measure(x: torch.Tensor, operator, sigma_n: float, seed: int | Sequence[int]
     check_tensor("x", x)
     if x.ndim < 1 or x.shape[0] < 1:
         raise ValueError(f"x must have a leading batch dimension of size >= 1, got shape {tuple(x.shape)}")
-    if isinstance(sigma_n, bool) or not isinstance(sigma_n, (int, float)) or not math.isfinite(sigma_n) or sigma_n < 0:
+    noise_level = _as_float(sigma_n)
+    if noise_level is None or noise_level < 0:
         raise ValueError(f"sigma_n must be a finite number >= 0, got {sigma_n!r}")
     operator = as_operator(operator) or Identity()
+    operator.check_input_shape(tuple(x.shape[1:]))
     with torch.no_grad():
         clean = operator(x)
         words = seed_tensor(seed, x.shape[0], device=x.device)
         noise = counter_normal_ref(words, MEASUREMENT_NOISE_STEP, clean.shape[1:])
-    y = clean + float(sigma_n) * noise.to(clean.dtype)
+    y = clean + noise_level * noise.to(clean.dtype)
     if not torch.isfinite(y).all():
         raise ValueError(
             f"y = A(x) + sigma_n * n is not finite in {clean.dtype} (sigma_n={sigma_n!r}, or A(x) overflowed); "

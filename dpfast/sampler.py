@@ -36,6 +36,11 @@ logger = logging.getLogger("dpfast")
 
 NOISE_SCALINGS = ("variance", "std")
 MODES = ("eager", "compile", "cudagraph", "auto")
+# y's range check (_check_measurement): an image model's measurements stay within the operator's
+# output bound plus this many noise standard deviations (a pixel beyond 8 σ: probability ~1e-15),
+# the noise taken as UNKNOWN_NOISE_LEVEL (already extreme for [-1, 1] images) when σ_n is not given
+MEASUREMENT_NOISE_SPREAD = 8.0
+UNKNOWN_NOISE_LEVEL = 1.0
 NETWORK_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Eager steps run before a CUDA graph is captured (cuBLAS/cuDNN handles, autograd's
 # device threads, Triton's first launch), as torch.cuda.graph's documentation advises.
@@ -238,7 +243,8 @@ class Sampler:
         )
         if self.variance == "learned_range" and not model.learned_variance:
             raise ValueError(f"variance='learned_range' needs a model with a variance output; {type(model).__name__} has none")
-        self.clip_denoised = bool(model.default_clip_denoised if clip_denoised is None else clip_denoised)
+        self.clip_denoised = validation.check_bool(
+            "clip_denoised", model.default_clip_denoised if clip_denoised is None else clip_denoised)
         self.schedule = self._resolve_schedule(schedule, model)
         self.steps = validation.check_positive_int("steps", steps, 1, self.schedule.num_timesteps)
         self.image_shape = tuple(model.image_shape)
@@ -256,7 +262,7 @@ class Sampler:
                 self.operator = _operator_on_device(self.operator, self.device)
         self.zeta = zeta
         zeta_table(zeta, _probe_lams(zeta), self.steps)  # fail early on a malformed zeta
-        self.progress = bool(progress)
+        self.progress = validation.check_bool("progress", progress)
         self.chain = self.schedule.respace(self.steps)
         self.coefficients = coefficient_table_tensor(self.chain, self.variance, self.device)
         self.timesteps = torch.as_tensor(self.chain.timesteps, dtype=torch.int64, device=self.device)
@@ -287,8 +293,7 @@ class Sampler:
             float32 ``(B, *image_shape)`` restorations in the model's range ([-1, 1]).
         """
         lam = validation.check_lam(lam)
-        validation.check_sigma_n(sigma_n)
-        y = self._check_measurement(y)
+        y = self._check_measurement(y, validation.check_sigma_n(sigma_n))
         batch = y.shape[0]
         return self.run(y, [lam] * batch, seed_list(seed, batch))
 
@@ -299,8 +304,7 @@ class Sampler:
         same per-sample seeds. The batch is ``L·B`` (what :meth:`prepare` should get).
         """
         lams = validation.check_lams(lams)
-        validation.check_sigma_n(sigma_n)
-        y = self._check_measurement(y)
+        y = self._check_measurement(y, validation.check_sigma_n(sigma_n))
         batch = y.shape[0]
         seeds = seed_list(seed, batch)
         stacked_y = y.repeat(len(lams), *([1] * (y.dim() - 1)))
@@ -348,6 +352,9 @@ class Sampler:
             >>> x = s.restore(y, lam=0.5, seed=0)      # y: (4, *M), no recompile
         """
         batch = validation.check_positive_int("batch", batch)
+        if measurement_shape is not None and (isinstance(measurement_shape, (str, bytes)) or not hasattr(measurement_shape, "__iter__")):
+            raise TypeError(f"measurement_shape must be a shape (a sequence of ints) or None, got "
+                            f"{type(measurement_shape).__name__} {measurement_shape!r}")
         y = None
         if self.guidance == "none":
             if measurement_shape is not None:
@@ -488,7 +495,7 @@ class Sampler:
         return captured
 
     # -------------------------------------------------------------------- checks
-    def _check_measurement(self, y) -> torch.Tensor:
+    def _check_measurement(self, y, sigma_n: float | None = None) -> torch.Tensor:
         if self.guidance == "none":
             raise ValueError("guidance='none' ignores measurements; use sample(), or guidance='dps' to restore")
         validation.check_tensor("y", y)
@@ -500,7 +507,19 @@ class Sampler:
                 f"y has shape {tuple(y.shape)} but {self.operator!r} maps the model's images "
                 f"{self.image_shape} to {tuple(expected)}"
             )
-        return y.to(device=self.device, dtype=torch.float32)
+        bound = getattr(self.operator, "output_bound", None)
+        if bound is not None and self.model.default_clip_denoised:  # an image model: its images lie in [-1, 1]
+            noise = sigma_n if sigma_n is not None else UNKNOWN_NOISE_LEVEL
+            limit = bound + MEASUREMENT_NOISE_SPREAD * noise
+            peak = float(y.detach().abs().max())
+            if peak > limit:
+                raise ValueError(
+                    f"y reaches |y| = {peak:g}, but {self.operator!r} maps the model's images (range [-1, 1]) to "
+                    f"|A(x)| <= {bound:g}, so with noise of std {noise:g}"
+                    f"{'' if sigma_n is not None else ' (sigma_n not given: at most this is assumed)'} y should stay "
+                    f"within {limit:g}: scale the images to [-1, 1] first (x / 127.5 - 1 for 8-bit)")
+        # detached: a y that requires grad would otherwise chain every step's graph onto it
+        return y.detach().to(device=self.device, dtype=torch.float32)
 
     @staticmethod
     def _resolve_schedule(schedule, model: ScoreModel) -> Schedule:
@@ -520,23 +539,12 @@ class Sampler:
 
 def seed_list(seed, batch: int) -> list[int]:
     """Per-sample seeds: an int ``s`` gives ``s, ..., s + B - 1``; a sequence is checked."""
-    if isinstance(seed, bool):
-        raise TypeError(f"seed must be an int or a sequence of ints, got {seed!r}")
-    if isinstance(seed, int):
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
-        return [seed + i for i in range(batch)]
-    if isinstance(seed, torch.Tensor):
-        seed = seed.tolist()
-    seeds = list(seed)
-    if len(seeds) != batch:
-        raise ValueError(f"seed must be an int or hold one seed per sample ({batch}), got {len(seeds)}")
-    return [validation.check_positive_int(f"seed[{i}]", value, 0) for i, value in enumerate(seeds)]
+    return validation.check_seeds(seed, batch)
 
 
 def _probe_lams(zeta) -> list[float]:
     if isinstance(zeta, Mapping):
-        return [float(key) for key in zeta]
+        return [validation.check_number(f"zeta mapping key {key!r}", key) for key in zeta]
     return [0.0, 1.0] if callable(zeta) else [0.0]  # a callable of λ must answer on all of [0, 1]
 
 

@@ -91,8 +91,12 @@ def test_traverse_writes_a_strip(tmp_path, image_folder, checkpoint):
         (lambda d: (d / "empty").mkdir() or d / "empty", [], "holds no"),
         (lambda d: _write(d / "bad.png", b"not a png"), [], "cannot read image"),
         (lambda d: Image.new("L", (20, 20)).save(d / "small.png") or d / "small.png", [], r"has shape \(1, 20, 20\)"),
+        (lambda d: d, ["--task", "deblur", "--blur-size", "4"], r"--blur-size must be odd .*got 4"),
+        (lambda d: d, ["--task", "sr", "--factor", "0"], r"--factor must lie in \[1, inf\], got 0"),
+        (lambda d: d, ["--task", "inpaint", "--box", "0"], r"--box must lie in \[1, inf\], got 0"),
     ],
-    ids=["lam-out-of-range", "negative-sigma-n", "nan-zeta", "zero-steps", "zero-threads", "missing-file", "empty-folder", "truncated-image", "wrong-size"],
+    ids=["lam-out-of-range", "negative-sigma-n", "nan-zeta", "zero-steps", "zero-threads", "missing-file", "empty-folder",
+         "truncated-image", "wrong-size", "even-blur-size", "zero-factor", "zero-box"],
 )
 def test_bad_input_is_a_clean_error_and_writes_nothing(tmp_path, image_folder, checkpoint, make_input, extra, message, capsys):
     source = image_folder if extra else make_input(tmp_path)
@@ -115,6 +119,14 @@ def test_unwritable_output_is_a_clean_error_before_any_work(tmp_path, image_fold
     assert code == 2, error
     assert re.search(r"-o .*cannot be written: .*a-file' is a file", error), error
     assert blocker.read_bytes() == b"x"
+
+
+def test_traverse_refuses_an_output_name_it_would_not_write(tmp_path, image_folder, checkpoint, capsys):
+    code = main(["traverse", str(image_folder / "img0.png"), "-o", str(tmp_path / "strip.jpg"), "--model", str(checkpoint),
+                 "--config", "builtin-fmnist", "--steps", STEPS, "--degrade", "--quiet"])
+    error = capsys.readouterr().err
+    assert code == 2 and "traverse writes a PNG, so its name must end in .png" in error, error
+    assert not (tmp_path / "strip.jpg").exists() and not (tmp_path / "strip.png").exists()
 
 
 def test_checkpoint_that_does_not_match_its_config_is_a_clean_error(tmp_path, image_folder, checkpoint, capsys):

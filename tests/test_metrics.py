@@ -175,6 +175,22 @@ def test_psnr_rejects_non_positive_data_range():
         psnr(images, images, data_range=-1.0)
 
 
+@pytest.mark.parametrize("metric", [psnr, ssim])
+def test_images_on_another_scale_than_data_range_are_refused(metric):
+    clean = random_images(2)
+    with pytest.raises(ValueError, match=r"more than data_range=2: pass the images' own scale"):
+        metric((clean + 1) * 127.5, (clean.flip(0) + 1) * 127.5)
+    assert torch.isfinite(metric((clean + 1) * 127.5, (clean.flip(0) + 1) * 127.5, data_range=255.0)).all()
+    noisy = clean + 0.5 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(metric(noisy, clean)).all()  # a noisy measurement against clean images is fine
+
+
+def test_frechet_distance_refuses_a_non_symmetric_covariance():
+    mean, skewed = torch.zeros(2), torch.tensor([[1.0, 0.5], [0.0, 1.0]])
+    with pytest.raises(ValueError, match="covariance_b must be symmetric"):
+        frechet_distance(mean, torch.eye(2), mean, skewed)
+
+
 def test_fd_needs_two_images_per_set_and_matching_shapes():
     images = random_images(4)
     with pytest.raises(ValueError, match=r"images_b must hold at least 2 images.*got 1"):

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -111,6 +112,62 @@ def test_bad_constructor_arguments_name_the_argument():
         SuperResolution(4, "nearest")
     with pytest.raises(ValueError, match="mask must hold only 0 and 1"):
         Inpainting(torch.full((4, 4), 0.5))
+
+
+def test_number_like_constructor_arguments_mean_their_numbers():
+    for blur in (GaussianBlur(np.int64(61), np.float32(3.0)), GaussianBlur(torch.tensor(61), torch.tensor(3.0))):
+        assert (blur.kernel_size, blur.sigma) == (61, 3.0) and type(blur.kernel_size) is int
+    assert SuperResolution(np.int64(4)).factor == 4
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(measure(x, Identity(), np.float32(0.1), seed=np.int64(5)), measure(x, Identity(), 0.1, seed=5))
+
+
+@pytest.mark.parametrize(
+    "build, error, message",
+    [
+        (lambda: Inpainting.box((1, 32, 32), 8.5), TypeError, r"size must be an int or a pair \(h, w\) of ints, got 8.5"),
+        (lambda: Inpainting.box((32, 32), 8), ValueError, r"image_shape must be an image shape \(C, H, W\)"),
+        (lambda: Inpainting.random_pixels((1, 8, 8), "0.5"), ValueError, "fraction_missing must be a number in"),
+        (lambda: Inpainting.random_pixels((1, 8, 8), 0.5, seed=-1), ValueError, r"seed must lie in \[0, "),
+        (lambda: Inpainting(torch.zeros(0, 0)), ValueError, r"with H, W >= 1, got \(1, 0, 0\)"),
+        (lambda: Inpainting(torch.full((4, 4), 255.0)), ValueError, r"mask must hold only 0 and 1, got values \[255.0\]"),
+        (lambda: MatrixOperator(torch.tensor([[1.0, float("nan")]])), ValueError, "matrix must hold finite values"),
+    ],
+    ids=["box-float-size", "box-2d-shape", "random-string-fraction", "random-negative-seed", "empty-mask",
+         "mask-of-255", "matrix-nan"],
+)
+def test_bad_operator_arguments_name_what_is_wrong(build, error, message):
+    with pytest.raises(error, match=message):
+        build()
+
+
+def test_measure_checks_x_against_the_operator():
+    with pytest.raises(ValueError, match="image size 30x30 is not divisible by factor 4"):
+        measure(torch.zeros(1, 1, 30, 30), SuperResolution(4), 0.1)
+    with pytest.raises(ValueError, match=r"GaussianBlur needs images \(C, H, W\)"):
+        measure(torch.zeros(2, 32), GaussianBlur(5, 1.0), 0.1)
+    with pytest.raises(ValueError, match="mask size 16x16 does not match the image size 32x32"):
+        measure(torch.zeros(1, 1, 32, 32), Inpainting(torch.ones(16, 16)), 0.1)
+
+
+def test_a_custom_operator_that_fails_on_images_is_named():
+    def takes_no_image():
+        return torch.zeros(1)
+
+    with pytest.raises(ValueError, match=r"operator FunctionOperator\(takes_no_image\) failed on a zero image"):
+        FunctionOperator(takes_no_image).output_shape((1, 1, 8, 8))
+
+
+def test_the_output_bound_holds_for_images_in_range():
+    """Each operator's ``output_bound`` (the sampler's check of y) is at least max |A(x)| over x in [-1, 1]."""
+    generator = torch.Generator().manual_seed(0)
+    worst = torch.where(torch.rand(64, 1, 32, 32, generator=generator) < 0.5, -1.0, 1.0)  # sign patterns: the extremes
+    checkerboard = (torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2 * 2.0 - 1.0
+    worst = torch.cat([worst, checkerboard[None, None], -checkerboard[None, None]])
+    for operator in (Identity(), GaussianBlur(9, 1.5), SuperResolution(2), SuperResolution(4), SuperResolution(4, "avgpool"),
+                     Inpainting.box((1, 32, 32), 8)):
+        assert float(operator(worst).abs().max()) <= operator.output_bound, operator
+    assert MatrixOperator(torch.eye(2)).output_bound is None and FunctionOperator(torch.sin).output_bound is None
 
 
 def test_measure_is_seeded_per_sample():

@@ -194,13 +194,19 @@ def _y(shape=(2, 1, 4, 4), **kwargs):
         (lambda s: s.restore(_y().fill_(float("inf"))), ValueError, "NaN or Inf"),
         (lambda s: s.restore(torch.zeros(2, 1, 4, 4, dtype=torch.int64)), TypeError, "y must have a floating-point dtype"),
         (lambda s: s.restore([[0.0]]), TypeError, "y must be a torch.Tensor"),
-        (lambda s: s.restore(_y(), seed=-1), ValueError, "seed must be >= 0"),
+        (lambda s: s.restore(_y(), seed=-1), ValueError, r"seed must lie in \[0, 18446744073709551615\], got -1"),
         (lambda s: s.restore(_y(), seed=[1, 2, 3]), ValueError, "one seed per sample"),
+        (lambda s: s.restore(_y(), seed=1.5), TypeError, "seed must be an int, got float 1.5"),
+        (lambda s: s.restore(_y(), lam=torch.tensor([0.2, 0.8])), TypeError, r"lam must be one number, got a Tensor of shape \(2,\)"),
+        (lambda s: s.restore(_y().fill_(255.0)), ValueError, r"y reaches \|y\| = 255, .*scale the images to \[-1, 1\]"),
+        (lambda s: s.restore(_y().fill_(2.0), sigma_n=0.05), ValueError, r"y reaches \|y\| = 2, .*within 1\.9"),
+        (lambda s: s.prepare(1, 5), TypeError, "measurement_shape must be a shape"),
     ],
     ids=[
         "lam-above-1", "lam-below-0", "lam-nan", "lam-string", "lams-out-of-range", "lams-empty",
         "negative-sigma-n", "y-wrong-size", "y-wrong-channels", "y-nan", "y-inf", "y-integer",
-        "y-not-tensor", "negative-seed", "seed-count",
+        "y-not-tensor", "negative-seed", "seed-count", "seed-float", "lam-several", "y-8-bit-scale",
+        "y-beyond-its-noise", "prepare-shape-not-a-sequence",
     ],
 )
 def test_bad_input_raises_a_clear_error_before_sampling(image_sampler, call, error, message, monkeypatch):
@@ -224,6 +230,9 @@ def test_bad_input_raises_a_clear_error_before_sampling(image_sampler, call, err
         (dict(operator=Inpainting(torch.ones(3, 16, 16))), ValueError, "mask has 3 channels but the model's images have 1"),
         (dict(operator=GaussianBlur(61, 3.0)), ValueError, "needs H and W > 30"),
         (dict(operator="blur"), TypeError, "operator must be a dpfast Operator"),
+        (dict(clip_denoised="False"), TypeError, "clip_denoised must be True or False, got str 'False'"),
+        (dict(progress="no"), TypeError, "progress must be True or False"),
+        (dict(zeta={"a": 1.0}), TypeError, "zeta mapping key 'a' must be a real number"),
     ],
 )
 def test_bad_sampler_configuration_is_rejected(kwargs, error, message):
@@ -231,6 +240,21 @@ def test_bad_sampler_configuration_is_rejected(kwargs, error, message):
     kwargs.setdefault("steps", 3)
     with pytest.raises(error, match=message):
         Sampler(ToyConvScore(IMAGE), operator, **kwargs)
+
+
+def test_number_like_arguments_are_taken_as_the_numbers_they_are():
+    """NumPy and 0-dim tensor scalars for seed and zeta mean what the Python number would."""
+    y, model = _measurement(Identity(), batch=2), ToyConvScore(IMAGE)
+    reference = Sampler(model, Identity(), steps=3, zeta=1.0).restore(y, lam=0.5, seed=3)
+    for zeta, seed in ((np.float32(1.0), np.int64(3)), (torch.tensor(1.0), torch.tensor(3)), (np.array(1.0), [3, 4])):
+        restored = Sampler(model, Identity(), steps=3, zeta=zeta).restore(y, lam=0.5, seed=seed)
+        torch.testing.assert_close(restored, reference, rtol=0, atol=0)
+
+
+def test_a_measurement_that_requires_grad_gives_a_plain_restoration():
+    y = _measurement(Identity(), batch=1).requires_grad_()
+    out = Sampler(ToyConvScore(IMAGE), Identity(), steps=3).restore(y, lam=1.0)
+    assert not out.requires_grad and out.grad_fn is None
 
 
 def test_non_model_is_rejected():

@@ -521,18 +521,27 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"checkpoint path {str(path)!r} does not exist or is not a file")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        loaded: object = load_file(str(path), device="cpu")
+        try:
+            loaded: object = load_file(str(path), device="cpu")
+        except SafetensorError as error:
+            raise ValueError(f"cannot read {path} as a .safetensors file (corrupt or truncated?): {error}") from error
     elif suffix in PICKLE_SUFFIXES:
         try:
             loaded = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
+            if "Unsupported global" not in str(error):  # bytes that are no pickle of tensors at all
+                raise ValueError(f"cannot read {path} as a torch checkpoint (corrupt or not a checkpoint?): {error}") from error
             raise ValueError(
                 f"{path} holds Python objects other than tensors, which dpfast refuses to unpickle "
                 f"(torch.load(weights_only=True) failed: {error}). Save a plain state_dict "
                 "(torch.save(model.state_dict(), path)) or a .safetensors file instead."
             ) from error
+        except (EOFError, KeyError, RuntimeError, ValueError) as error:  # what torch.load raises on bad bytes
+            raise ValueError(f"cannot read {path} as a torch checkpoint (corrupt, truncated or not a checkpoint): "
+                             f"{type(error).__name__}: {error}") from error
     else:
         raise ValueError(
             f"checkpoint path {str(path)!r} has suffix {suffix!r}; expected .safetensors or one of {PICKLE_SUFFIXES}"

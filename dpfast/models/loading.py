@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from dpfast import validation
 from dpfast.models.base import ScoreModel
 
 BUILTIN_ASSET = Path(__file__).resolve().parent.parent / "assets" / "builtin_fmnist.safetensors"
@@ -38,6 +39,8 @@ def load_model(source: str | Path, config=None, device: str | torch.device | Non
     Example:
         >>> model = dp.load_model("ffhq_10m.pt", config="adm-ffhq256")   # doctest: +SKIP
     """
+    if device is not None:
+        device = validation.check_device("device", device)
     if isinstance(source, str) and source == "builtin":
         if config is not None:
             raise ValueError(f"config is not used with the built-in model, got {config!r}")
@@ -51,6 +54,9 @@ def load_model(source: str | Path, config=None, device: str | torch.device | Non
     if not isinstance(source, (str, Path)):
         raise TypeError(f"source must be 'builtin', 'diffusers:<dir>' or a checkpoint path, got {type(source).__name__}")
     path = Path(source)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {str(path)!r} is a folder; for a diffusers model directory use "
+                         f"'diffusers:{path}', for an ADM checkpoint give its file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist (or use 'builtin' / 'diffusers:<dir>')")
     if config is None:

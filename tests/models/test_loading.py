@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -32,3 +34,29 @@ def test_load_model_errors_name_what_is_wrong(tmp_path):
         dp.load_model(path, config="adm-ffhq512")
     with pytest.raises(TypeError, match="source must be"):
         dp.load_model(42)
+
+
+def test_unreadable_checkpoints_and_bad_devices_are_named_errors(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save(ADMScoreModel(SMALL).unet.state_dict(), good)
+    truncated, text, empty, garbage = (tmp_path / name for name in ("cut.pt", "text.pt", "empty.pt", "bad.safetensors"))
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    text.write_text("not a checkpoint at all")
+    empty.write_bytes(b"")
+    garbage.write_bytes(b"garbage")
+    for path in (truncated, text, empty):
+        with pytest.raises(ValueError, match=f"cannot read {path} as a torch checkpoint"):
+            dp.load_model(path, config=SMALL)
+    pickled = tmp_path / "objects.pt"
+    torch.save({"weights": torch.zeros(1), "note": Path("not a tensor")}, pickled)
+    with pytest.raises(ValueError, match="holds Python objects other than tensors, which dpfast refuses to unpickle"):
+        dp.load_model(pickled, config=SMALL)
+    with pytest.raises(ValueError, match=f"cannot read {garbage} as a .safetensors file"):
+        dp.load_model(garbage, config=SMALL)
+    with pytest.raises(ValueError, match=r"is a folder; for a diffusers model directory use 'diffusers:"):
+        dp.load_model(tmp_path, config=SMALL)
+    with pytest.raises(ValueError, match="device 'gpu' is not a device"):
+        dp.load_model(good, config=SMALL, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda' was asked for but torch sees no CUDA device"):
+            dp.load_model(good, config=SMALL, device="cuda")
