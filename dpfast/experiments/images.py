@@ -11,8 +11,8 @@ super-resolution with σ_n = 0.05. Per task:
 2. the λ sweep on the test images in one batched traversal per task;
 3. baselines with the same network, guidance and step count: the mean of N λ = 1 (DPS)
    samples, the PSCGAN-N way of moving toward the MMSE end, and DDIM-η with the same DPS
-   correction (:func:`~dpfast.experiments.pinwheel.ddim_dps_sample`; it takes one constant
-   ζ, set to the mean over steps of λ = 1's chosen step);
+   correction (:func:`~dpfast.experiments.pinwheel.ddim_dps_sample`) and λ = 1's chosen
+   step schedule, step for step — the same guidance, so η = 1 is the λ = 1 chain;
 4. when deepinv is installed (``dpfast[bench]``), deepinv's own DPS driving the same
    network with its ``alpha`` knob (ancestral solver: α = 0 is DDIM, α = 1 DDPM; every
    state stays at its timestep's noise level, unlike dpfast's λ), its ``weight`` per α
@@ -376,15 +376,18 @@ def _averaging(model, task: ImageTask, entry: dict, test, settings: Settings, se
 
 def _ddim(model, task: ImageTask, entry: dict, test, settings: Settings, seed: int, progress, pieces: PieceStore,
           reference) -> dict:
-    """DDIM-η with the DPS correction at one constant ζ: the mean over steps of λ = 1's chosen step."""
+    """DDIM-η with the DPS correction and λ = 1's chosen step schedule, step for step (the same
+    guidance: η = 1 is then the λ = 1 chain itself)."""
     zeta_one = _chosen_steps(entry)[max(settings.lams)]
     y = task.measure(test, seed=seed + TEST_SEED)
     n_images, block = test.shape[0], settings.block_images
     seeds = [seed + index for index in range(n_images)]
-    ddim_zeta = float(task.step_sizes(model, settings.steps, zeta_one).mean())
-    ddim = torch.stack([pieces.in_blocks(f"{task.name} DDIM eta {eta:g}", n_images, block, compute=lambda start, stop, eta=eta:
-                                         ddim_dps_sample(model, task.operator(), y[start:stop], eta, ddim_zeta, settings.steps,
-                                                         seeds[start:stop]))
+    ddim_zetas = task.step_sizes(model, settings.steps, zeta_one)  # per step, execution order
+    # (pieces named apart from the first version's, which stood a constant mean ζ in for the schedule)
+    ddim = torch.stack([pieces.in_blocks(f"{task.name} DDIM eta {eta:g} with λ=1's steps", n_images, block,
+                                         compute=lambda start, stop, eta=eta: ddim_dps_sample(
+                                             model, task.operator(), y[start:stop], eta, ddim_zetas, settings.steps,
+                                             seeds[start:stop]))
                         for eta in settings.etas])
     ddim_rows = [dict(row, eta=eta) for row, eta in zip(dp_rows(test, ddim, settings.etas, reference=reference), settings.etas)]
     progress.step(f"{task.name}: DDIM-η baseline")

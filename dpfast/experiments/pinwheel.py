@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from dpfast.experiments import common, distances
+from dpfast.guidance import zeta_table
 from dpfast.models.base import ScoreModel
 from dpfast.noise import INITIAL_NOISE_STEP, counter_normal_ref, seed_tensor
 from dpfast.operators import MatrixOperator, measure
@@ -199,7 +200,7 @@ def load_pinwheel_mlp(path: Path | str = WEIGHTS_PATH) -> PinwheelMLP:
 
 # ----------------------------------------------------------------------------- DDIM-η baseline
 def ddim_dps_sample(
-    model: ScoreModel, operator, y: torch.Tensor, eta: float, zeta: float, steps: int, seeds,
+    model: ScoreModel, operator, y: torch.Tensor, eta: float, zeta, steps: int, seeds,
     clip_denoised: bool | None = None,
 ) -> torch.Tensor:
     """DDIM-η (Song, Meng & Ermon 2021) with the same DPS correction as :class:`dpfast.Sampler`.
@@ -220,7 +221,9 @@ def ddim_dps_sample(
         model: an ε-prediction :class:`~dpfast.models.ScoreModel` (vectors or images).
         operator: the measurement operator A (differentiable).
         y: measurements ``(B, *M)``.
-        eta: η ∈ [0, 1]. zeta: DPS step size ζ (the sampler's convention).
+        eta: η ∈ [0, 1]. zeta: DPS step size ζ (the sampler's convention): a number, or
+            one per step in execution order (entry 0 the first, noisiest step), as
+            :class:`dpfast.Sampler` takes a per-step ``zeta``.
         steps: respaced steps. seeds: one int per sample (or an int s: s, s+1, ...).
             The chain runs on ``y``'s device (the model must be there too).
         clip_denoised: clamp x̂0 to [-1, 1] (and re-derive ε from it), as the sampler does;
@@ -232,6 +235,7 @@ def ddim_dps_sample(
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
     chain = model.schedule.respace(steps)
+    zetas = zeta_table(zeta, [1.0], steps)[:, 0]  # row k: step k (checked as the sampler checks it)
     alpha_bars = chain.alphas_cumprod
     batch = y.shape[0]
     words = seed_tensor(seeds, batch, device=y.device)
@@ -256,7 +260,7 @@ def ddim_dps_sample(
             (gradient,) = torch.autograd.grad(norms.sum(), x_in)
         sigma = eta * math.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * (1.0 - alpha_bar / alpha_bar_prev))
         direction = math.sqrt(max(1.0 - alpha_bar_prev - sigma**2, 0.0))
-        x = math.sqrt(alpha_bar_prev) * pred_x0.detach() + direction * eps.detach() - zeta * gradient
+        x = math.sqrt(alpha_bar_prev) * pred_x0.detach() + direction * eps.detach() - float(zetas[k]) * gradient
         if sigma > 0:
             x = x + sigma * counter_normal_ref(words, k, shape)
     return x.detach()

@@ -66,3 +66,23 @@ def test_ddim_baseline_at_eta_one_is_the_samplers_lam_one_with_clipping(model):
     torch.testing.assert_close(ddim, sampler.restore(y, lam=1.0, seed=[3, 4]), atol=2e-4, rtol=1e-4)
     unclipped = ddim_dps_sample(model, Identity(), y, 1.0, 0.5, 6, seeds=[3, 4], clip_denoised=False)
     assert not torch.allclose(unclipped, ddim, atol=1e-3)
+
+
+def test_ddim_baseline_takes_a_per_step_schedule_in_the_samplers_order(model):
+    """The images experiment gives DDIM λ = 1's chosen schedule step for step (a β-scaled one
+    grows 100-fold over the chain, so the order matters): at η = 1 it is the λ = 1 chain."""
+    from dpfast import Sampler
+    from dpfast.experiments.pinwheel import ddim_dps_sample
+    from dpfast.guidance import beta_scaled_zeta
+    from dpfast.operators import Identity
+
+    y = torch.rand(2, 1, 32, 32) * 2 - 1
+    schedule = beta_scaled_zeta(8.0, model.schedule, 6)(1.0)  # execution order
+    assert schedule[0] != schedule[-1]
+    ddim = ddim_dps_sample(model, Identity(), y, 1.0, schedule, 6, seeds=[3, 4])
+    sampler = Sampler(model, Identity(), steps=6, zeta=list(schedule))
+    torch.testing.assert_close(ddim, sampler.restore(y, lam=1.0, seed=[3, 4]), atol=2e-4, rtol=1e-4)
+    reversed_order = ddim_dps_sample(model, Identity(), y, 1.0, schedule[::-1].copy(), 6, seeds=[3, 4])
+    assert not torch.allclose(reversed_order, ddim, atol=1e-3)
+    with pytest.raises(ValueError, match=r"one value per step \(6\)"):
+        ddim_dps_sample(model, Identity(), y, 1.0, schedule[:5], 6, seeds=[3, 4])
