@@ -133,6 +133,21 @@ def test_deepinv_denoiser_returns_the_networks_x0_estimate():
     torch.testing.assert_close(2 * x0 - 1, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("solver, alpha", [("ddpm", 1.0), ("ancestral", 0.0)])
+def test_deepinv_clamps_its_estimate_to_the_image_range_as_dpfast_does(solver, alpha):
+    """deepinv 0.5 clamps x̂0 to [-1, 1] in the [0, 1] units it hands its guidance, i.e. to
+    [-3, 1] in dpfast's; the wrapper sets its clip to the image range. With a near-zero
+    guidance weight the last step returns the clamped x̂0, so the output shows the clamp."""
+    pytest.importorskip("deepinv")
+    from dpfast.baselines.deepinv_dps import deepinv_restoration
+
+    torch.manual_seed(0)
+    model = ToyConvScore((1, 16, 16)).eval()  # an untrained network: its x̂0 overshoots [-1, 1] both ways
+    y = torch.rand(2, 1, 16, 16) * 2 - 1
+    out = deepinv_restoration(model, benchmark_operator((1, 16, 16)), y, 4, weight=1e-3, solver=solver, alpha=alpha)()
+    assert -1.0 - 1e-4 <= float(out.min()) <= -1.0 + 1e-2 and 1.0 - 1e-2 <= float(out.max()) <= 1.0 + 1e-4, (out.min(), out.max())
+
+
 def test_deepinv_provider_runs_and_is_finite():
     pytest.importorskip("deepinv")
     workload = Workload("toy", (1, 8, 8), batch=2, steps=3, rounds=1)

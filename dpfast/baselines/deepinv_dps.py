@@ -77,7 +77,8 @@ def deepinv_restoration(
     evaluations it makes, so it gets ``steps + 1``.
 
     ``operator`` and ``y`` are dpfast's (the operator acts on [-1, 1] images). The defaults
-    are deepinv's own (DDPM solver, norm guidance, float64 state). ``solver="ancestral"``
+    are deepinv's own (DDPM solver, norm guidance, float64 state) except the clamp of x̂0,
+    set to the image range (deepinv 0.5 clamps [0, 1] images to [-1, 1]). ``solver="ancestral"``
     with ``alpha`` ∈ [0, 1] is deepinv's knob between the deterministic DDIM sampler
     (α = 0) and ancestral DDPM (α = 1): unlike dpfast's λ, it keeps every state at its
     timestep's noise level. ``weight`` is deepinv's step on ∇‖y − A x̂0‖, taken in its
@@ -90,6 +91,12 @@ def deepinv_restoration(
         epsilon_denoiser(model), num_steps=steps + 1, weight=weight, solver=solver, alpha=alpha, device=y.device,
         dtype=dtype, rng=torch.Generator(y.device),  # without a generator deepinv ignores the seed
     )
+    # deepinv 0.5's DPS clips x̂0 to [-1, 1] in its data-fidelity term, which receives the
+    # denoiser's [0, 1] images (its state lives in [-1, 1]): so it clamped x̂0 to [-3, 1] in
+    # dpfast's units and kept background pixels below -1. Its clip set to the image range
+    # makes it clamp as dpfast's sampler does (x̂0 to [-1, 1]) — in the guidance and in the
+    # score it builds from the same x̂0.
+    sampler.data_fidelity.clip = [0.0, 1.0]
     physics = deepinv.physics.Physics(A=lambda unit: operator(2.0 * unit - 1.0))  # deepinv's x is in [0, 1]
 
     def run() -> torch.Tensor:

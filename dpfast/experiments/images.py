@@ -11,8 +11,8 @@ super-resolution with σ_n = 0.05. Per task:
 2. the λ sweep on the test images in one batched traversal per task;
 3. baselines with the same network, guidance and step count: the mean of N λ = 1 (DPS)
    samples, the PSCGAN-N way of moving toward the MMSE end, and DDIM-η with the same DPS
-   correction (:func:`~dpfast.experiments.pinwheel.ddim_dps_sample`) and λ = 1's chosen
-   step schedule, step for step — the same guidance, so η = 1 is the λ = 1 chain;
+   correction (:func:`~dpfast.experiments.pinwheel.ddim_dps_sample`), its step size
+   chosen per η by the same search on the same training images (η = 1 is the λ = 1 chain);
 4. when deepinv is installed (``dpfast[bench]``), deepinv's own DPS driving the same
    network with its ``alpha`` knob (ancestral solver: α = 0 is DDIM, α = 1 DDPM; every
    state stays at its timestep's noise level, unlike dpfast's λ), its ``weight`` per α
@@ -149,7 +149,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
               [("averaging", "averaging baseline", "seconds",
                 lambda task, entry: _averaging(model, task, entry, test, settings, seed, progress, pieces, reference)),
                ("ddim", "DDIM-η baseline", "seconds",
-                lambda task, entry: _ddim(model, task, entry, test, settings, seed, progress, pieces, reference))]]
+                lambda task, entry: _ddim(model, task, test, train, settings, seed, progress, pieces, reference))]]
     if with_deepinv:
         groups.append([("deepinv", "deepinv DPS α baseline", "deepinv_seconds", lambda task, entry: {
             "deepinv": _deepinv_series(model, task, test, train, settings, seed, progress, pieces, reference)})])
@@ -279,7 +279,8 @@ def _expected_pieces(settings: dict, with_deepinv: bool) -> int:
     blocks = math.ceil(settings["images"] / settings["block_images"])
     extra_draws = max(settings["average_counts"]) - (1 if max(settings["lams"]) == 1.0 else 0)
     per_task = (len(settings["zeta_factors"]) + len(settings["constant_zetas"]) + blocks  # search, sweep
-                + extra_draws * blocks + len(settings["etas"]) * blocks)  # averaging, DDIM
+                + extra_draws * blocks  # averaging
+                + len(settings["zeta_factors"]) + len(settings["constant_zetas"]) + len(settings["etas"]) * blocks)  # DDIM
     if with_deepinv:
         per_task += len(settings["deepinv_alphas"]) * (len(settings["deepinv_weights"]) + blocks)
     return per_task * len(settings["tasks"])
@@ -294,7 +295,8 @@ def _print_rows(title: str, task_results: dict, markdown: bool = False) -> None:
     rows = [(f"λ = {row['lam']:g} ({'c' if row['zeta'][0] == 'beta' else 'ζ'} {row['zeta'][1]:g})", row)
             for row in task_results.get("lam_sweep", [])]
     rows += [(f"mean of {row['samples']} DPS samples", row) for row in task_results.get("averaging", [])]
-    rows += [(f"DDIM η = {row['eta']:g}", row) for row in task_results.get("ddim", [])]
+    rows += [(f"DDIM η = {row['eta']:g}" + (f" ({'c' if row['zeta'][0] == 'beta' else 'ζ'} {row['zeta'][1]:g})"
+                                             if "zeta" in row else ""), row) for row in task_results.get("ddim", [])]
     rows += [(f"deepinv DPS α = {row['alpha']:g} (weight {row['weight']:g})", row) for row in task_results.get("deepinv", [])]
     if not rows:
         return
@@ -307,16 +309,21 @@ def _search(model, task: ImageTask, train, settings: Settings, seed: int, progre
     """The step size per λ: the lowest MSE on the training images over the task's grid.
 
     Returns the choice per λ (``zeta``) and every choice's MSE per λ (``search``)."""
-    natural = task.natural_scale(model.image_shape)
-    choices = [("beta", factor * natural) for factor in settings.zeta_factors]
-    choices += [("constant", zeta) for zeta in settings.constant_zetas]
-    errors = step_size_errors(model, task, train, settings.lams, choices, settings.steps, seed=seed + SEARCH_SEED,
-                              log=lambda line: None, pieces=pieces)
+    errors = step_size_errors(model, task, train, settings.lams, _step_choices(model, task, settings), settings.steps,
+                              seed=seed + SEARCH_SEED, log=lambda line: None, pieces=pieces)
     zeta_of_lam = best_step_sizes(errors, settings.lams)
     progress.step(f"{task.name}: step-size search on {train.shape[0]} training images -> "
                   f"{replace(task, zeta=zeta_of_lam).zeta_text}")
     return {"zeta": {str(lam): list(zeta) for lam, zeta in zeta_of_lam.items()},
             "search": [{"zeta": list(choice), "mse": mse} for choice, mse in errors.items()]}
+
+
+def _step_choices(model, task: ImageTask, settings: Settings) -> list[tuple[str, float]]:
+    """The step-size grid every search draws from: β-scaled steps at multiples of the task's
+    natural scale, then constant ones."""
+    natural = task.natural_scale(model.image_shape)
+    return ([("beta", factor * natural) for factor in settings.zeta_factors]
+            + [("constant", zeta) for zeta in settings.constant_zetas])
 
 
 def _lam_sweep(model, task: ImageTask, entry: dict, test, settings: Settings, seed: int, progress, pieces: PieceStore,
@@ -359,7 +366,8 @@ def _averaging(model, task: ImageTask, entry: dict, test, settings: Settings, se
     tuned = replace(task, zeta=zeta_of_lam)
     draws, first_draw = [], "none: the sweep has no λ = 1"
     if max(settings.lams) == 1.0 and pieces.has_blocks(f"{tuned.name} sweep", n_images, block):
-        draws, first_draw = [_sweep_restorations(model, tuned, test, settings, seed, pieces)[-1]], "the λ sweep's λ = 1 pieces"
+        lam_one = list(settings.lams).index(1.0)
+        draws, first_draw = [_sweep_restorations(model, tuned, test, settings, seed, pieces)[lam_one]], "the λ sweep's λ = 1 pieces"
     elif max(settings.lams) == 1.0:
         first_draw = "run again: the λ sweep's pieces were gone"
     while len(draws) < max(settings.average_counts):
@@ -374,24 +382,39 @@ def _averaging(model, task: ImageTask, entry: dict, test, settings: Settings, se
     return {"averaging": averaging, "averaging_first_draw": first_draw}
 
 
-def _ddim(model, task: ImageTask, entry: dict, test, settings: Settings, seed: int, progress, pieces: PieceStore,
+def _ddim(model, task: ImageTask, test, train, settings: Settings, seed: int, progress, pieces: PieceStore,
           reference) -> dict:
-    """DDIM-η with the DPS correction and λ = 1's chosen step schedule, step for step (the same
-    guidance: η = 1 is then the λ = 1 chain itself)."""
-    zeta_one = _chosen_steps(entry)[max(settings.lams)]
+    """DDIM-η with the DPS correction, its step size chosen per η as the λ sweep's is per λ: the
+    lowest MSE on the same training images (same measurements and chain seeds) over the same
+    grid. η = 1 is the λ = 1 chain, so there it chooses what λ = 1 chose, up to rounding.
+
+    Returns the rows (``ddim``, each with its ``zeta``) and every choice's training MSE per η
+    (``ddim_search``)."""
+    y_train = task.measure(train, seed=seed + SEARCH_SEED)
+    train_seeds = [seed + SEARCH_SEED + index for index in range(train.shape[0])]
+    errors = {}
+    for choice in _step_choices(model, task, settings):
+        zetas = task.step_sizes(model, settings.steps, choice)
+        restored = pieces.get(f"{task.name} DDIM search {task.choice_text(choice)}", lambda zetas=zetas: torch.stack([
+            ddim_dps_sample(model, task.operator(), y_train, eta, zetas, settings.steps, train_seeds) for eta in settings.etas]))
+        errors[choice] = [float(metrics.mse(etas_restored, train).mean()) for etas_restored in restored]
+    chosen = best_step_sizes(errors, settings.etas)
     y = task.measure(test, seed=seed + TEST_SEED)
     n_images, block = test.shape[0], settings.block_images
     seeds = [seed + index for index in range(n_images)]
-    ddim_zetas = task.step_sizes(model, settings.steps, zeta_one)  # per step, execution order
-    # (pieces named apart from the first version's, which stood a constant mean ζ in for the schedule)
-    ddim = torch.stack([pieces.in_blocks(f"{task.name} DDIM eta {eta:g} with λ=1's steps", n_images, block,
-                                         compute=lambda start, stop, eta=eta: ddim_dps_sample(
-                                             model, task.operator(), y[start:stop], eta, ddim_zetas, settings.steps,
-                                             seeds[start:stop]))
+
+    def restore(eta: float, start: int, stop: int) -> torch.Tensor:
+        zetas = task.step_sizes(model, settings.steps, chosen[eta])
+        return ddim_dps_sample(model, task.operator(), y[start:stop], eta, zetas, settings.steps, seeds[start:stop])
+
+    ddim = torch.stack([pieces.in_blocks(f"{task.name} DDIM eta {eta:g} {task.choice_text(chosen[eta])}", n_images, block,
+                                         compute=lambda start, stop, eta=eta: restore(eta, start, stop))
                         for eta in settings.etas])
-    ddim_rows = [dict(row, eta=eta) for row, eta in zip(dp_rows(test, ddim, settings.etas, reference=reference), settings.etas)]
-    progress.step(f"{task.name}: DDIM-η baseline")
-    return {"ddim": ddim_rows}
+    ddim_rows = [dict(row, eta=eta, zeta=list(chosen[eta]))
+                 for row, eta in zip(dp_rows(test, ddim, settings.etas, reference=reference), settings.etas)]
+    progress.step(f"{task.name}: DDIM-η baseline (steps chosen per η: "
+                  + ", ".join(f"η {eta:g}: {task.choice_text(chosen[eta])}" for eta in settings.etas) + ")")
+    return {"ddim": ddim_rows, "ddim_search": [{"zeta": list(choice), "mse": mse} for choice, mse in errors.items()]}
 
 
 def _deepinv_series(model, task: ImageTask, test, train, settings: Settings, seed: int, progress,
@@ -464,7 +487,7 @@ def _settings_dict(settings: Settings) -> dict:
 
 
 SERIES = (("lam_sweep", "lam", "λ sweep (ζ tuned per λ)", "o-"), ("averaging", "samples", "mean of N DPS samples", "s-"),
-          ("ddim", "eta", "DDIM-η, constant ζ", "^-"), ("deepinv", "alpha", "deepinv DPS, α", "v--"))
+          ("ddim", "eta", "DDIM-η (ζ tuned per η)", "^-"), ("deepinv", "alpha", "deepinv DPS, α", "v--"))
 
 
 def _plot(results: dict, path: Path) -> Path:

@@ -37,6 +37,10 @@ def test_quick_run_writes_every_series_and_the_figure(quick_run):
     assert [row["lam"] for row in task["lam_sweep"]] == [0.0, 1.0]
     assert [row["samples"] for row in task["averaging"]] == [1, 2]
     assert [row["eta"] for row in task["ddim"]] == [0.0]
+    # DDIM's step is its own search's pick: the lowest training MSE at that η over the λ search's grid
+    assert [entry["zeta"] for entry in task["ddim_search"]] == [entry["zeta"] for entry in task["search"]]
+    (best,) = sorted(task["ddim_search"], key=lambda entry: entry["mse"][0])[:1]
+    assert task["ddim"][0]["zeta"] == best["zeta"]
     assert set(task["zeta"]) == {"0.0", "1.0"}
     assert all(schedule in ("beta", "constant") for schedule, _ in task["zeta"].values())
     if deepinv_available():  # a test extra; `.ci/run` installs it
@@ -190,6 +194,18 @@ def test_a_run_resumed_without_its_pieces_reads_finished_phases_from_the_file_al
 BLOCKED = replace(TWO_TASKS, images=4, tasks=images.TASKS[:1], block_images=2)
 
 
+def test_ddim_at_eta_one_searches_like_lam_one(tmp_path):
+    """DDIM η = 1 is the λ = 1 chain: on the same training measurements and seeds its search
+    scores every step-size choice as λ = 1's does (up to rounding), so it chooses the same."""
+    settings = replace(BLOCKED, etas=(1.0,), zeta_factors=(0.5, 2.0), constant_zetas=(0.3,))
+    (task,) = images.run(tmp_path, settings=settings)["tasks"].values()
+    lam_one = settings.lams.index(1.0)
+    for ddim_entry, lam_entry in zip(task["ddim_search"], task["search"], strict=True):
+        assert ddim_entry["zeta"] == lam_entry["zeta"]
+        assert ddim_entry["mse"][0] == pytest.approx(lam_entry["mse"][lam_one], rel=1e-3), (ddim_entry, lam_entry)
+    assert task["ddim"][0]["zeta"] == task["zeta"]["1.0"]
+
+
 def test_a_run_killed_inside_a_task_reads_its_finished_pieces_back(tmp_path, monkeypatch):
     from dpfast.experiments import image_tasks
 
@@ -207,10 +223,10 @@ def test_a_run_killed_inside_a_task_reads_its_finished_pieces_back(tmp_path, mon
 
     monkeypatch.setattr(image_tasks, "traverse_task", counting("search", real_search))
     monkeypatch.setattr(images, "traverse_task", counting("chains", real_traverse))
-    monkeypatch.setattr(images, "ddim_dps_sample", counting("ddim", real_ddim, kill_at=2))
-    with pytest.raises(KeyboardInterrupt):  # killed in the DDIM run's second block
+    monkeypatch.setattr(images, "ddim_dps_sample", counting("ddim", real_ddim, kill_at=3))
+    with pytest.raises(KeyboardInterrupt):  # DDIM's step-size search (one choice), its first block, killed in the second
         images.run(tmp_path / "resumed", settings=BLOCKED)
-    assert calls == {"search": 1, "chains": 2, "ddim": 2}
+    assert calls == {"search": 1, "chains": 2, "ddim": 3}
     partial = json.loads((tmp_path / "resumed" / "images.partial.json").read_text())
     assert "averaging" in partial["tasks"][images.TASKS[0].name] and "ddim" not in partial["tasks"][images.TASKS[0].name]
 
@@ -220,7 +236,7 @@ def test_a_run_killed_inside_a_task_reads_its_finished_pieces_back(tmp_path, mon
     # only the unfinished block was run again (the averaging's λ = 1 draw is the sweep's, read back)
     assert calls == {"search": 0, "chains": 0, "ddim": 1}
     (whole_task,), (resumed_task,) = whole["tasks"].values(), resumed["tasks"].values()
-    for series in ("zeta", "lam_sweep", "averaging", "ddim"):
+    for series in ("zeta", "lam_sweep", "averaging", "ddim", "ddim_search"):
         assert resumed_task[series] == whole_task[series], series
     assert resumed_task["seconds"] > 0
     assert not (tmp_path / "resumed" / "images.pieces").exists()  # removed with the partial file at the end
@@ -244,16 +260,16 @@ def test_status_shows_a_killed_run_and_counts_the_pieces_a_whole_run_stores(tmp_
     monkeypatch.setattr(PieceStore, "remove", lambda self: None)  # keep the pieces to count them at the end
     assert images.status(tmp_path)["state"] == "none"
     real_ddim = images.ddim_dps_sample
-    monkeypatch.setattr(images, "ddim_dps_sample", _killed_at_call(2, real_ddim))
-    with pytest.raises(KeyboardInterrupt):  # in the DDIM run's second block
+    monkeypatch.setattr(images, "ddim_dps_sample", _killed_at_call(3, real_ddim))
+    with pytest.raises(KeyboardInterrupt):  # in the DDIM run's second block (its search was the first call)
         images.run(tmp_path, settings=BLOCKED)
     capsys.readouterr()
     partial = images.status(tmp_path)
     printed = capsys.readouterr().out
-    # one search choice, two sweep blocks, the first DDIM block; the λ = 1 draw is the sweep's
-    assert (partial["state"], partial["stored_pieces"], partial["expected_pieces"]) == ("partial", 4, 5)
+    # one search choice, two sweep blocks, DDIM's one search choice and first block; the λ = 1 draw is the sweep's
+    assert (partial["state"], partial["stored_pieces"], partial["expected_pieces"]) == ("partial", 5, 6)
     assert (partial["finished_phases"], partial["phases"]) == (3, 4) and "phases finished: 3 of 4\n" in printed
-    assert f"{images.TASKS[0].name}: step-size search, λ sweep, averaging\n" in printed and "pieces stored: 4 of the 5" in printed
+    assert f"{images.TASKS[0].name}: step-size search, λ sweep, averaging\n" in printed and "pieces stored: 5 of the 6" in printed
     images.status(tmp_path, markdown=True)  # the tables as docs/RESULTS.md pastes them
     printed = capsys.readouterr().out
     assert "| method | MSE | PSNR | SSIM | FD | FD unpaired |\n| --- | --- | --- | --- | --- | --- |\n| λ = 0 (" in printed
