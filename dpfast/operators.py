@@ -34,10 +34,10 @@ def _as_float(value) -> float | None:
 
 
 def _image_shape(name: str, image_shape: Sequence[int]) -> tuple[int, int, int]:
-    shape = tuple(image_shape) if isinstance(image_shape, (Sequence, torch.Size)) else ()
-    if len(shape) != 3 or any(_as_int(size) is None or _as_int(size) < 1 for size in shape):
+    sizes = [_as_int(size) for size in image_shape] if isinstance(image_shape, Sequence) else []
+    if len(sizes) != 3 or any(size is None or size < 1 for size in sizes):
         raise ValueError(f"{name} must be an image shape (C, H, W) of positive ints, got {image_shape!r}")
-    return tuple(_as_int(size) for size in shape)
+    return tuple(sizes)
 
 
 class Operator:
@@ -201,10 +201,10 @@ class Inpainting(Operator):
     def box(cls, image_shape: Sequence[int], size: int | tuple[int, int]) -> "Inpainting":
         """A centred box of ``size`` (pixels, int or (h, w)) removed from ``(C, H, W)`` images."""
         _, height, width = _image_shape("image_shape", image_shape)
-        pair = (size, size) if _as_int(size) is not None else tuple(size) if isinstance(size, Sequence) else ()
-        if len(pair) != 2 or any(_as_int(side) is None for side in pair):
+        sides = [_as_int(size)] * 2 if _as_int(size) is not None else [_as_int(side) for side in size] if isinstance(size, Sequence) else []
+        if len(sides) != 2 or None in sides:
             raise TypeError(f"size must be an int or a pair (h, w) of ints, got {size!r}")
-        box_h, box_w = (_as_int(side) for side in pair)
+        box_h, box_w = sides
         if not (0 < box_h <= height and 0 < box_w <= width):
             raise ValueError(f"box size {(box_h, box_w)} must fit in the image {height}x{width}")
         mask = torch.ones(1, height, width)

@@ -295,7 +295,7 @@ class Sampler:
         lam = validation.check_lam(lam)
         y = self._check_measurement(y, validation.check_sigma_n(sigma_n))
         batch = y.shape[0]
-        return self.run(y, [lam] * batch, seed_list(seed, batch))
+        return self.run(y, [lam] * batch, validation.check_seeds(seed, batch))
 
     def traverse(self, y: torch.Tensor, lams: Sequence[float], sigma_n: float | None = None, seed=0) -> torch.Tensor:
         """Restore ``y`` at every λ in ``lams`` in one batched run: returns ``(L, B, ...)``.
@@ -306,7 +306,7 @@ class Sampler:
         lams = validation.check_lams(lams)
         y = self._check_measurement(y, validation.check_sigma_n(sigma_n))
         batch = y.shape[0]
-        seeds = seed_list(seed, batch)
+        seeds = validation.check_seeds(seed, batch)
         stacked_y = y.repeat(len(lams), *([1] * (y.dim() - 1)))
         per_sample_lams = [lam for lam in lams for _ in range(batch)]
         out = self.run(stacked_y, per_sample_lams, seeds * len(lams))
@@ -323,7 +323,7 @@ class Sampler:
             raise ValueError(f"sample() runs without a measurement; use guidance='none' (got {self.guidance!r}) or restore()")
         n = validation.check_positive_int("n", n)
         lam = validation.check_lam(lam)
-        return self.run(None, [lam] * n, seed_list(seed, n), batch_size=batch_size)
+        return self.run(None, [lam] * n, validation.check_seeds(seed, n), batch_size=batch_size)
 
     def prepare(self, batch: int, measurement_shape: Sequence[int] | None = None) -> "Sampler":
         """Warm up once for ``batch`` samples, so later calls at that shape start at full speed.
@@ -535,11 +535,6 @@ class Sampler:
                 f"T = {model.schedule.num_timesteps}"
             )
         return schedule
-
-
-def seed_list(seed, batch: int) -> list[int]:
-    """Per-sample seeds: an int ``s`` gives ``s, ..., s + B - 1``; a sequence is checked."""
-    return validation.check_seeds(seed, batch)
 
 
 def _probe_lams(zeta) -> list[float]:

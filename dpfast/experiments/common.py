@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from dpfast.noise import INITIAL_NOISE_STEP, counter_normal_ref
-from dpfast.sampler import Sampler, seed_list
+from dpfast.sampler import Sampler
+from dpfast.validation import check_seeds
 
 FIGURE_DPI = 90
 FIGURE_COLOURS = 256  # palette PNGs: every figure stays well under 200 kB
@@ -45,7 +46,7 @@ def record_trajectory(
     """
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
-    batch = sampler._prepare(y, list(lams), seed_list(seeds, len(lams)))
+    batch = sampler._prepare(y, list(lams), check_seeds(seeds, len(lams)))
     x = counter_normal_ref(batch.seed_words, INITIAL_NOISE_STEP, sampler.image_shape)
     timesteps, states = [int(sampler.timesteps[-1])], [x.clone()]
     for done, k in enumerate(range(sampler.steps - 1, -1, -1), start=1):

@@ -278,9 +278,10 @@ def _expected_pieces(settings: dict, with_deepinv: bool) -> int:
     """How many pieces a whole run with these settings (as stored in its key) computes."""
     blocks = math.ceil(settings["images"] / settings["block_images"])
     extra_draws = max(settings["average_counts"]) - (1 if max(settings["lams"]) == 1.0 else 0)
-    per_task = (len(settings["zeta_factors"]) + len(settings["constant_zetas"]) + blocks  # search, sweep
+    choices = len(settings["zeta_factors"]) + len(settings["constant_zetas"])  # one search piece each
+    per_task = (choices + blocks  # search, sweep
                 + extra_draws * blocks  # averaging
-                + len(settings["zeta_factors"]) + len(settings["constant_zetas"]) + len(settings["etas"]) * blocks)  # DDIM
+                + choices + len(settings["etas"]) * blocks)  # DDIM's own search, its blocks
     if with_deepinv:
         per_task += len(settings["deepinv_alphas"]) * (len(settings["deepinv_weights"]) + blocks)
     return per_task * len(settings["tasks"])
@@ -403,9 +404,10 @@ def _ddim(model, task: ImageTask, test, train, settings: Settings, seed: int, pr
     n_images, block = test.shape[0], settings.block_images
     seeds = [seed + index for index in range(n_images)]
 
+    chosen_zetas = {eta: task.step_sizes(model, settings.steps, chosen[eta]) for eta in settings.etas}
+
     def restore(eta: float, start: int, stop: int) -> torch.Tensor:
-        zetas = task.step_sizes(model, settings.steps, chosen[eta])
-        return ddim_dps_sample(model, task.operator(), y[start:stop], eta, zetas, settings.steps, seeds[start:stop])
+        return ddim_dps_sample(model, task.operator(), y[start:stop], eta, chosen_zetas[eta], settings.steps, seeds[start:stop])
 
     ddim = torch.stack([pieces.in_blocks(f"{task.name} DDIM eta {eta:g} {task.choice_text(chosen[eta])}", n_images, block,
                                          compute=lambda start, stop, eta=eta: restore(eta, start, stop))
