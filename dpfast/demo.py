@@ -3,11 +3,12 @@
 The eight bundled test images (dpfast/assets/README.md; no dataset install needed) are
 degraded three ways: additive noise (σ_n = 0.2), Gaussian blur (61×61, σ = 3.0) and ×4
 bicubic downsampling (both with σ_n = 0.05). Each task restores every image at
-λ ∈ {0, 0.25, 0.5, 0.75, 1} in one batched DPS traversal with the built-in model. The
-output is ``grid.png`` (per task: truth, measurement, one row per λ), ``dp_curve.png``
-(MSE against FD per task, λ along each curve) and a table. The method promises MSE falling
-toward λ = 0 (the MMSE-like end) and FD toward λ = 1 (posterior samples); with the shipped,
-lightly trained weights FD does, but λ = 1 still has the lower MSE on average (docs/MODEL_CARD.md, "Demo").
+λ ∈ {0, 0.25, 0.5, 0.75, 1} in one batched traversal with the built-in model, guided by the
+gradient with respect to x̂0 (``guidance="x0"``): with this network the full DPS gradient,
+through the network, left λ = 0 with a higher MSE than λ = 1, while the x̂0 gradient makes
+λ = 0 the low-MSE end the method promises (docs/RESULTS.md §4, "x̂0 guidance"). The output
+is ``grid.png`` (per task: truth, measurement, one row per λ), ``dp_curve.png`` (MSE against
+FD per task, λ along each curve) and a table.
 """
 from __future__ import annotations
 
@@ -24,23 +25,30 @@ from dpfast.experiments.image_tasks import ImageTask, dp_rows, traverse_task
 from dpfast.models.base import ScoreModel
 
 LAMS = (0.0, 0.25, 0.5, 0.75, 1.0)
-# The DPS step per task and λ (the sampler interpolates between λ = 0 and 1), each the lowest
-# MSE of a small grid on 8 Fashion-MNIST *training* images at 60 steps with the shipped
-# weights (docs/MODEL_CARD.md, "Demo"): denoising and SR use the β-scaled step
-# (dpfast.guidance.beta_scaled_zeta, scale c; √m/σ_n = 160 for both), deblurring a constant ζ
-# (the β-scaled step's strong early pushes blew the blur's ill-conditioned directions up:
-# MSE 0.20–0.49 against 0.09).
+# The guidance step per task and λ (the sampler interpolates between λ = 0 and 1), each the
+# lowest MSE of a small grid on 8 Fashion-MNIST *training* images at 60 steps with the shipped
+# weights (docs/MODEL_CARD.md, "Demo"; `dpfast demo --search-step-sizes`): denoising and SR use
+# the β-scaled step (dpfast.guidance.beta_scaled_zeta, scale c), deblurring a constant ζ (the
+# β-scaled step's strong early pushes blow up the blur's ill-conditioned directions).
 DEMO_TASKS = (
+    ImageTask("denoise", sigma_n=0.2, zeta=40.0, guidance="x0"),
+    ImageTask("deblur", sigma_n=0.05, zeta=3.0, zeta_schedule="constant", guidance="x0"),
+    ImageTask("sr4", sigma_n=0.05, zeta={0.0: 40.0, 1.0: 80.0}, guidance="x0"),
+)
+# The same three tasks with the full DPS gradient (through the network) and their own searched
+# steps: what the demo ran before it switched to x̂0 guidance, and what the `sensitivity`,
+# `step_count` and `score_swap` studies (docs/RESULTS.md §4) measure.
+DPS_DEMO_TASKS = (
     ImageTask("denoise", sigma_n=0.2, zeta={0.0: 320.0, 1.0: 160.0}),
     ImageTask("deblur", sigma_n=0.05, zeta=3.0, zeta_schedule="constant"),
     ImageTask("sr4", sigma_n=0.05, zeta={0.0: 160.0, 1.0: 80.0}),
 )
-DEFAULT_STEPS = 60  # 8 images × 5 λ × 3 tasks at ~1 s per step on 2 AVX2 cores: ~3 minutes
+DEFAULT_STEPS = 60  # 8 images × 5 λ × 3 tasks: about 2 minutes on 2 cores (x̂0 guidance needs no network VJP)
 # The grids `dpfast demo --search-step-sizes` searches per task kind (DEMO_TASKS holds its winners).
 SEARCH_GRIDS = {
-    "denoise": (("beta", 40.0), ("beta", 80.0), ("beta", 160.0), ("beta", 320.0), ("beta", 640.0)),
-    "deblur": (("constant", 0.3), ("constant", 1.0), ("constant", 3.0), ("constant", 10.0)),
-    "sr4": (("beta", 20.0), ("beta", 40.0), ("beta", 80.0), ("beta", 160.0), ("beta", 320.0)),
+    "denoise": tuple(("beta", c) for c in (5.0, 10.0, 20.0, 40.0, 80.0, 160.0)),
+    "deblur": (*(("constant", z) for z in (1.0, 3.0, 10.0, 30.0)), *(("beta", c) for c in (40.0, 160.0, 640.0))),
+    "sr4": tuple(("beta", c) for c in (20.0, 40.0, 80.0, 160.0, 320.0, 640.0)),
 }
 SEARCH_SEED = 1  # measurement noise of the search (the demo itself uses seed 0 on other images)
 
@@ -71,12 +79,13 @@ def run_demo(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"{images} Fashion-MNIST test images ({', '.join(class_names[:images])}); "
-          f"λ ∈ {list(lams)}; {steps} DPS steps; seed {seed}")
+          f"λ ∈ {list(lams)}; {steps} steps; seed {seed}")
     started = time.perf_counter()
     results, panels = {}, []
     for number, task in enumerate(tasks, 1):
         task_started = time.perf_counter()
-        print(f"[{number}/{len(tasks)}] {task.name}, ζ = {task.zeta_text}: {images * len(lams)} restorations in one batch",
+        print(f"[{number}/{len(tasks)}] {task.name}, {task.guidance} guidance, ζ = {task.zeta_text}: "
+              f"{images * len(lams)} restorations in one batch",
               flush=True)
         y = task.measure(truth, seed=seed)
         restored = traverse_task(model, task, y, lams, steps, seed=seed, progress=progress)
@@ -102,7 +111,7 @@ def search_demo_step_sizes(
     grids: dict | None = None,
     log=print,
 ) -> dict[str, dict[float, tuple[str, float]]]:
-    """Choose each demo task's DPS step at λ = 0 and λ = 1 by the lowest MSE on *training* images.
+    """Choose each demo task's guidance step at λ = 0 and λ = 1 by the lowest MSE on *training* images.
 
     ``images`` defaults to the first 8 Fashion-MNIST training images (needs the dataset);
     ``grids`` maps a task's kind to its ``(schedule, value)`` choices (default
@@ -182,7 +191,7 @@ def _save_dp_curve(results: dict[str, list[dict]], path: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dpfast demo", description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--out", default="demo_out", help="output folder (default: demo_out)")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"DPS steps (default: {DEFAULT_STEPS})")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"reverse steps (default: {DEFAULT_STEPS})")
     parser.add_argument("--images", type=int, default=8, help="bundled test images to use, 2..8 (default: 8)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the measurement noise and the sampler (default: 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -151,6 +151,24 @@ def test_the_mode_flag_reaches_the_sampler(checkpoint, flags, mode):
     assert (sampler.mode, sampler.active_mode) == (mode, "eager")
 
 
+@pytest.mark.parametrize("flags, guidance", [([], "dps"), (["--guidance", "x0"], "x0")])
+def test_the_guidance_flag_reaches_the_sampler(checkpoint, flags, guidance):
+    from dpfast.cli import _load, _sampler, build_operator, build_parser
+
+    args = build_parser().parse_args(["traverse", "x.png", "-o", "strip.png", "--model", str(checkpoint), "--config",
+                                      "builtin-fmnist", "--device", "cpu", *flags])
+    model = _load(args)
+    assert _sampler(args, model, build_operator(args.task, tuple(model.image_shape), args)).guidance == guidance
+
+
+def test_an_unknown_guidance_flag_names_the_choices(capsys):
+    from dpfast.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["restore", "x.png", "-o", "out", "--guidance", "none"])
+    assert "argument --guidance: invalid choice: 'none' (choose from" in capsys.readouterr().err
+
+
 def test_image_seed_depends_on_name_and_base_seed_only():
     assert image_seed("a.png", 0) == image_seed("a.png", 0)
     assert image_seed("a.png", 0) != image_seed("b.png", 0) != image_seed("a.png", 1)

@@ -3,27 +3,45 @@ import numpy as np
 import pytest
 import torch
 
-from dpfast.demo import DEMO_TASKS, run_demo, search_demo_step_sizes
+from dpfast.demo import DEMO_TASKS, DPS_DEMO_TASKS, run_demo, search_demo_step_sizes
 from dpfast.experiments.image_tasks import ImageTask, dp_rows, search_zeta
 from dpfast.models.toy import ToyConvScore
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="not met with the shipped weights (14,467 training steps): FD falls (266 -> 54) but "
-                   "the mean MSE at λ = 0 is 3× λ = 1's (0.107 vs 0.033 on an AVX2 CPU, 0.103 vs 0.039 on an AVX-512 "
-                   "one; with 6094 steps 0.0690 vs 0.0677); the λ = 0 "
-                   "chain amplifies rounding-sized changes ~1000× (`dpfast reproduce sensitivity`), and more "
-                   "steps do not fix it (`dpfast reproduce step_count`: λ = 0's averaged MSE is above λ = 1's at "
-                   "25–400 steps) (docs/MODEL_CARD.md, 'Demo'); issue #4 stays open")
-def test_demo_moves_along_the_dp_tradeoff(tmp_path):
-    """4 images, 40 steps, seed 0: averaged over the three tasks, MSE rises and FD falls from λ = 0 to λ = 1."""
-    lams = (0.0, 0.5, 1.0)
-    results = run_demo(tmp_path, steps=40, images=4, lams=lams, progress=False)
-    assert list(results) == [task.name for task in DEMO_TASKS]
+def _averaged_curve(results):
     mse = np.mean([[row["mse"] for row in rows] for rows in results.values()], axis=0)
     fd = np.mean([[row["fd"] for row in rows] for rows in results.values()], axis=0)
-    assert mse[0] < mse[-1], dict(mse=mse.round(4).tolist(), fd=fd.round(1).tolist())
-    assert fd[-1] < fd[0], dict(mse=mse.round(4).tolist(), fd=fd.round(1).tolist())
+    return mse, fd
+
+
+def test_demo_moves_along_the_dp_tradeoff(tmp_path):
+    """All 8 bundled images (FD on 4 is too coarse to rank: there the most accurate end also had
+    the lowest FD), 40 steps, seed 0: averaged over the three tasks, MSE rises and FD falls from
+    λ = 0 to λ = 1. Measured (x̂0 guidance, the demo's; AVX-512 CPU, 2026-11-29): MSE 0.0199 / 0.0220 /
+    0.0307, FD 60.0 / 63.9 / 54.8 at λ = 0 / 0.5 / 1 (torch's AVX2 kernels: the same MSE, FD 59.9 / 63.9 /
+    54.6) — FD is not monotone in between (docs/MODEL_CARD.md, "Demo")."""
+    lams = (0.0, 0.5, 1.0)
+    results = run_demo(tmp_path, steps=40, images=8, lams=lams, progress=False)
+    assert list(results) == [task.name for task in DEMO_TASKS]
+    mse, fd = _averaged_curve(results)
+    numbers = dict(mse=mse.round(4).tolist(), fd=fd.round(1).tolist())
+    assert mse[0] < mse[1] < mse[2], numbers
+    assert fd[-1] < fd[0], numbers
     assert (tmp_path / "grid.png").stat().st_size > 5_000 and (tmp_path / "dp_curve.png").stat().st_size > 5_000
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "DPS guidance (through the network), the demo's guidance until 2026-11-29: with the shipped weights (step "
+    "14,467) the mean MSE at λ = 0 is 2–3× λ = 1's (0.107 vs 0.033 on an AVX2 CPU, 0.103 vs 0.039 on an AVX-512 "
+    "one) while FD falls; more steps do not fix it (`dpfast reproduce step_count`), x̂0 guidance does "
+    "(docs/RESULTS.md §4, 'x̂0 guidance')"))
+def test_the_dps_guided_demo_settings_do_not_reach_the_mse_end(tmp_path):
+    """The same check with DPS_DEMO_TASKS, 4 images, 40 steps: kept so that the DPS gap stays on record."""
+    results = run_demo(tmp_path, steps=40, images=4, lams=(0.0, 0.5, 1.0), tasks=DPS_DEMO_TASKS, progress=False)
+    mse, fd = _averaged_curve(results)
+    if not fd[-1] < fd[0]:  # not the expected failure: pytest.fail is no AssertionError, so the xfail does not cover it
+        pytest.fail(f"FD did not fall from λ = 0 to λ = 1: {fd.round(1).tolist()}")
+    assert mse[0] < mse[-1], dict(mse=mse.round(4).tolist(), fd=fd.round(1).tolist())
 
 
 def test_demo_rejects_an_image_count_it_does_not_have(tmp_path):

@@ -22,6 +22,7 @@ from dpfast.operators import GaussianBlur, Identity, Operator, SuperResolution, 
 from dpfast.sampler import Sampler
 
 ZETA_SCHEDULES = ("beta", "constant")
+TASK_GUIDANCES = ("dps", "x0")  # a restoration task needs the measurement, so not "none"
 OPERATORS = {
     "denoise": Identity,
     "deblur": lambda: GaussianBlur(61, 3.0),
@@ -39,12 +40,17 @@ class ImageTask:
     late); with ``"constant"`` it is ζ itself at every step. A ``(schedule, number)``
     pair in place of a number names its own schedule, so a mapping may pick the β-scaled
     step at one λ and a constant ζ at another (the per-step values are interpolated).
+
+    ``guidance``: the sampler's guidance, ``"dps"`` (default; the gradient through the
+    network) or ``"x0"`` (the gradient with respect to x̂0 only; cheaper, and with the
+    built-in model the better deterministic end: docs/RESULTS.md §4, "x̂0 guidance").
     """
 
     kind: str
     sigma_n: float
     zeta: float | tuple[str, float] | Mapping[float, float | tuple[str, float]]
     zeta_schedule: str = "beta"
+    guidance: str = "dps"
 
     def __post_init__(self):
         if self.kind not in OPERATORS:
@@ -53,6 +59,8 @@ class ImageTask:
             raise ValueError(f"sigma_n must be >= 0, got {self.sigma_n}")
         if self.zeta_schedule not in ZETA_SCHEDULES:
             raise ValueError(f"zeta_schedule must be 'beta' or 'constant', got {self.zeta_schedule!r}")
+        if self.guidance not in TASK_GUIDANCES:
+            raise ValueError(f"guidance must be one of {TASK_GUIDANCES}, got {self.guidance!r}")
         for choice in (self.zeta.values() if isinstance(self.zeta, Mapping) else [self.zeta]):
             if isinstance(choice, tuple) and (len(choice) != 2 or choice[0] not in ZETA_SCHEDULES):
                 raise ValueError(f"a zeta pair must be (schedule, value) with schedule 'beta' or 'constant', got {choice!r}")
@@ -119,8 +127,8 @@ def traverse_task(
     The sampler's ``mode="auto"``: eager on the CPU, one captured CUDA graph per call on a GPU
     (the small network is launch-bound there: 5.9× at batch 64 on an H200).
     """
-    sampler = Sampler(model, task.operator(), steps=steps, zeta=task.sampler_zeta(model, steps, zeta), progress=progress,
-                      mode="auto")
+    sampler = Sampler(model, task.operator(), steps=steps, zeta=task.sampler_zeta(model, steps, zeta), guidance=task.guidance,
+                      progress=progress, mode="auto")
     return sampler.traverse(y, list(lams), seed=seed)
 
 

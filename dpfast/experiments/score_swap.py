@@ -37,7 +37,7 @@ NAME = "score_swap"
 LAMS = (0.0, 0.25, 0.5, 0.75, 1.0)
 SWITCH_TIMESTEPS = (600, 300)
 STEPS = 60
-TASK = ImageTask("denoise", sigma_n=0.2, zeta={0.0: 320.0, 1.0: 160.0})  # the demo's denoising task
+TASK = ImageTask("denoise", sigma_n=0.2, zeta={0.0: 320.0, 1.0: 160.0})  # the DPS-guided demo's denoising task
 
 
 class GaussianImagePrior(ScoreModel):

@@ -4,7 +4,8 @@ On an H200 a bf16 restoration with the built-in model landed 26 % from the float
 MSE at λ = 0 but 2 % at λ = 1 (docs/BENCHMARKS.md, "GPU"). Is that bf16, or the λ = 0
 chain? This experiment stays in float32 on any device and multiplies every network output
 by (1 + s·z), z standard normal drawn afresh at every call from a fixed seed, for s in
-:data:`PERTURBATIONS` (2⁻⁹ is bf16's relative rounding, 2⁻¹² an eighth of it). Per λ it
+:data:`PERTURBATIONS` (2⁻⁹ is bf16's relative rounding, 2⁻¹² an eighth of it). Per guidance
+(DPS through the network, and x̂0 guidance, which skips the network's Jacobian) and λ it
 reports the MSE to the truth and the relative distance ‖x_s − x‖ / ‖x‖ of each perturbed
 restoration x_s to the unperturbed one x (same measurements, same seeds). A chain that
 damps such changes moves by about s; one that amplifies them moves by orders more.
@@ -13,11 +14,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from dataclasses import replace
 from typing import Sequence
 
 import torch
 
-from dpfast.demo import DEMO_TASKS
+from dpfast.demo import DPS_DEMO_TASKS
 from dpfast.experiments import common
 from dpfast.experiments.image_tasks import traverse_task
 from dpfast.models.base import ScoreModel
@@ -27,8 +29,10 @@ LAMS = (0.0, 0.5, 1.0)
 PERTURBATIONS = (2.0**-12, 2.0**-9)
 DRAWS = 2
 STEPS = 100
-# The demo's deblurring task (blur 61/3.0, σ_n 0.05, its searched step size).
-TASK = next(task for task in DEMO_TASKS if task.kind == "deblur")
+# The demo's deblurring task (blur 61/3.0, σ_n 0.05, ζ 3) with DPS guidance (the gradient through
+# the network), and the same task with x̂0 guidance (the demo's guidance; its search chose ζ 3 too).
+TASK = next(task for task in DPS_DEMO_TASKS if task.kind == "deblur")
+TASKS = {"dps": TASK, "x0": replace(TASK, guidance="x0")}
 
 
 class PerturbedScore(ScoreModel):
@@ -50,16 +54,21 @@ class PerturbedScore(ScoreModel):
         return output * (1 + self.scale * z)
 
 
-def run(out_dir, quick: bool = False, seed: int = 0, lams: Sequence[float] | None = None) -> dict:
-    """Restore the demo's deblurring measurements unperturbed and perturbed; write JSON and a table.
+def run(out_dir, quick: bool = False, seed: int = 0, lams: Sequence[float] | None = None,
+        guidances: Sequence[str] = ("dps", "x0")) -> dict:
+    """Restore the demo's deblurring measurements unperturbed and perturbed, per guidance in
+    ``guidances`` (keys of :data:`TASKS`); write JSON and a table.
 
     Full: the 8 bundled test images, 100 steps, λ ∈ {0, 0.5, 1}, two draws per
-    perturbation size (about 6 minutes on 2 cores). ``quick``: 2 images, 8 steps, λ ∈ {0, 1},
-    one draw of the larger size.
+    perturbation size (about 25 minutes for DPS and 6 for x̂0 guidance on 2 cores). ``quick``:
+    2 images, 8 steps, λ ∈ {0, 1}, one draw of the larger size.
     """
     from dpfast.data import load_demo_images
     from dpfast.models.loading import load_builtin
 
+    unknown = [guidance for guidance in guidances if guidance not in TASKS]
+    if unknown or not guidances:
+        raise ValueError(f"guidances must be a non-empty selection of {sorted(TASKS)}, got {list(guidances)!r}")
     started = time.perf_counter()
     out_dir = Path(out_dir)
     lams = list(lams if lams is not None else ((0.0, 1.0) if quick else LAMS))
@@ -68,25 +77,31 @@ def run(out_dir, quick: bool = False, seed: int = 0, lams: Sequence[float] | Non
     network = load_builtin()
     truth = load_demo_images()[0][: 2 if quick else 8]
     y = TASK.measure(truth, seed=seed)
-    progress = common.Progress(NAME, 1 + len(sizes) * draws)
-    base = traverse_task(network, TASK, y, lams, steps, seed=seed)
-    progress.step("unperturbed")
-    rows = [dict(perturbation=0.0, draw=0, lam=lam, mse=_mse(restored, truth), moved=0.0) for lam, restored in zip(lams, base)]
-    for size in sizes:
-        for draw in range(draws):
-            perturbed = traverse_task(PerturbedScore(network, size, seed=1000 * seed + draw), TASK, y, lams, steps, seed=seed)
-            for lam, restored, reference in zip(lams, perturbed, base):
-                moved = float((restored - reference).norm() / reference.norm())
-                rows.append(dict(perturbation=size, draw=draw, lam=lam, mse=_mse(restored, truth), moved=moved))
-            progress.step(f"s = {size:.2e}, draw {draw}")
+    progress = common.Progress(NAME, len(guidances) * (1 + len(sizes) * draws))
+    rows = []
+    for guidance in guidances:
+        task = TASKS[guidance]
+        base = traverse_task(network, task, y, lams, steps, seed=seed)
+        progress.step(f"{guidance}: unperturbed")
+        rows += [dict(guidance=guidance, perturbation=0.0, draw=0, lam=lam, mse=_mse(restored, truth), moved=0.0)
+                 for lam, restored in zip(lams, base)]
+        for size in sizes:
+            for draw in range(draws):
+                perturbed = traverse_task(PerturbedScore(network, size, seed=1000 * seed + draw), task, y, lams, steps, seed=seed)
+                for lam, restored, reference in zip(lams, perturbed, base):
+                    moved = float((restored - reference).norm() / reference.norm())
+                    rows.append(dict(guidance=guidance, perturbation=size, draw=draw, lam=lam, mse=_mse(restored, truth),
+                                     moved=moved))
+                progress.step(f"{guidance}: s = {size:.2e}, draw {draw}")
     results = {
         "task": TASK.name, "zeta": TASK.zeta_text, "steps": steps, "images": int(truth.shape[0]), "rows": rows,
         "meta": common.run_metadata(NAME, quick, seed, started),
     }
     common.print_table(
         f"{TASK.name}, {TASK.zeta_text}, {steps} steps, {truth.shape[0]} images: output × (1 + s·z)",
-        ("s", "draw", "λ", "MSE", "‖x_s − x‖/‖x‖"),
-        [(f"{row['perturbation']:.1e}", row["draw"], row["lam"], row["mse"], f"{row['moved']:.2e}") for row in rows],
+        ("guidance", "s", "draw", "λ", "MSE", "‖x_s − x‖/‖x‖"),
+        [(row["guidance"], f"{row['perturbation']:.1e}", row["draw"], row["lam"], row["mse"], f"{row['moved']:.2e}")
+         for row in rows],
     )
     common.write_json(out_dir / f"{NAME}.json", results)
     return results

@@ -1,11 +1,11 @@
 """Does λ = 0's deficit on the built-in model shrink with more reverse steps?
 
-The demo's DP check (tests/test_demo.py, 40 steps) fails because λ = 0 has a higher MSE
-than λ = 1. With an exact score the λ-process's end point does not depend on the step
+With DPS guidance the demo's DP check (tests/test_demo.py, 40 steps) fails because λ = 0
+has a higher MSE than λ = 1 (the demo has used x̂0 guidance since, where it passes). With an exact score the λ-process's end point does not depend on the step
 count in the limit, but a coarse chain is not that limit: each respaced λ = 0 step is a
 large deterministic jump of a chain that amplifies small changes (``sensitivity``). This
-experiment restores the demo's three tasks (the bundled test images, the demo's step
-sizes, seed 0) at λ ∈ {0, 1} for each step count in :data:`STEP_COUNTS` and reports MSE
+experiment restores the DPS-guided demo's three tasks (``DPS_DEMO_TASKS``: the bundled
+test images, their step sizes, seed 0) at λ ∈ {0, 1} for each step count in :data:`STEP_COUNTS` and reports MSE
 and FD per point. Nothing but ``steps`` changes, as for a user who raises it: the
 β-scaled steps (denoising, SR) keep their total pull over the chain, while deblurring's
 constant ζ adds up to ``steps`` × ζ, so its pull grows with the step count.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from dpfast.demo import DEMO_TASKS
+from dpfast.demo import DPS_DEMO_TASKS
 from dpfast.experiments import common
 from dpfast.experiments.image_tasks import dp_rows, traverse_task
 
@@ -37,7 +37,7 @@ def run(out_dir, quick: bool = False, seed: int = 0) -> dict:
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    step_counts, tasks = (QUICK_STEP_COUNTS, DEMO_TASKS[:1]) if quick else (STEP_COUNTS, DEMO_TASKS)
+    step_counts, tasks = (QUICK_STEP_COUNTS, DPS_DEMO_TASKS[:1]) if quick else (STEP_COUNTS, DPS_DEMO_TASKS)
     model = load_builtin()
     truth = load_demo_images()[0][: 2 if quick else 8]
     progress = common.Progress(NAME, len(tasks) * len(step_counts))

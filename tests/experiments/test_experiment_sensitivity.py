@@ -24,7 +24,17 @@ def test_perturbed_score_scales_the_output_by_one_plus_s_z_and_is_exact_at_zero(
 def test_quick_run_reports_each_lam_unperturbed_and_perturbed(tmp_path):
     results = sensitivity.run(tmp_path, quick=True)
     rows = results["rows"]
-    assert [(row["perturbation"], row["lam"]) for row in rows] == [(0.0, 0.0), (0.0, 1.0), (2.0**-9, 0.0), (2.0**-9, 1.0)]
-    assert all(row["moved"] == 0.0 for row in rows[:2]) and all(row["moved"] > 0.0 for row in rows[2:])
+    per_guidance = [(0.0, 0.0), (0.0, 1.0), (2.0**-9, 0.0), (2.0**-9, 1.0)]
+    assert [(row["guidance"], row["perturbation"], row["lam"]) for row in rows] == [
+        (guidance, *case) for guidance in ("dps", "x0") for case in per_guidance]
+    for guidance_rows in (rows[:4], rows[4:]):
+        assert all(row["moved"] == 0.0 for row in guidance_rows[:2]) and all(row["moved"] > 0.0 for row in guidance_rows[2:])
     assert all(0.0 < row["mse"] < 1.0 for row in rows)
+    # the two guidances are different chains: their unperturbed restorations differ
+    assert rows[0]["mse"] != rows[4]["mse"]
     assert (tmp_path / "sensitivity.json").is_file()
+
+
+def test_an_unknown_guidance_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"guidances must be a non-empty selection of \['dps', 'x0'\], got \['none'\]"):
+        sensitivity.run(tmp_path, quick=True, guidances=("none",))
