@@ -84,7 +84,7 @@ def run_demo(
     results, panels = {}, []
     for number, task in enumerate(tasks, 1):
         task_started = time.perf_counter()
-        print(f"[{number}/{len(tasks)}] {task.name}, {task.guidance} guidance, ζ = {task.zeta_text}: "
+        print(f"[{number}/{len(tasks)}] {task.name}, ζ = {task.zeta_text}: "
               f"{images * len(lams)} restorations in one batch",
               flush=True)
         y = task.measure(truth, seed=seed)

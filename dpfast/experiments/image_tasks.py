@@ -67,7 +67,9 @@ class ImageTask:
 
     @property
     def name(self) -> str:
-        return f"{self.kind} σn={self.sigma_n:g}"
+        """``"deblur σn=0.05"``; a task guided other than by DPS says so (``"deblur σn=0.05, x0 guidance"``)."""
+        base = f"{self.kind} σn={self.sigma_n:g}"
+        return base if self.guidance == "dps" else f"{base}, {self.guidance} guidance"
 
     @property
     def zeta_text(self) -> str:

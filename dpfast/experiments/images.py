@@ -9,6 +9,9 @@ super-resolution with σ_n = 0.05. Per task:
    task's natural scale √m/σ_n, and a few constant ζ — the constant step won on the
    61/3 blur in the demo's search), so the held-out images choose nothing;
 2. the λ sweep on the test images in one batched traversal per task;
+   then both again with x̂0 guidance (``guidance="x0"``, no VJP through the network; its own
+   search over the same grid, training images and seeds), which the demo uses since it made
+   λ = 0 the low-MSE end there (docs/RESULTS.md §4, "x̂0 guidance");
 3. baselines with the same network, guidance and step count: the mean of N λ = 1 (DPS)
    samples, the PSCGAN-N way of moving toward the MMSE end, and DDIM-η with the same DPS
    correction (:func:`~dpfast.experiments.pinwheel.ddim_dps_sample`), its step size
@@ -29,9 +32,10 @@ super-resolution with σ_n = 0.05. Per task:
 (32 images, 50 steps; ``--medium``) took 23–24 min per task on an idle 2-core CPU, about
 2 h in all; ``QUICK`` is the tests' version.
 
-The run goes phase by phase over the tasks — every task's search and λ sweep, then every
-task's averaging and DDIM baselines, then deepinv's — so a run spread over sessions has
-the method's own numbers for all tasks first. Each of those five is a phase of its own
+The run goes phase by phase over the tasks — every task's search and λ sweep, then the
+same with x̂0 guidance, then every task's averaging and DDIM baselines, then deepinv's — so a
+run spread over sessions has the method's own numbers for all tasks first. Each of those
+seven is a phase of its own
 (the longest, a task's averaging draws, ~1.5 h on the 2-core CPU), written to the partial
 file as soon as it finishes: a run that is stopped, its machine gone, resumes from that
 file alone (docs/RESULTS.md §4: the full run's file is committed after each session).
@@ -69,6 +73,7 @@ from dpfast.experiments.pieces import PieceStore
 from dpfast.experiments.pinwheel import ddim_dps_sample
 
 NAME = "images"
+SEARCH_PHASES = ("zeta", "x0_zeta")  # phases whose numbers are step-size choices, not a table
 TASKS = (
     ImageTask("denoise", 0.1, 1.0),
     ImageTask("denoise", 0.3, 1.0),
@@ -146,6 +151,10 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
                 lambda task, entry: _search(model, task, train, settings, seed, progress, pieces)),
                ("lam_sweep", "λ sweep", "seconds",
                 lambda task, entry: _lam_sweep(model, task, entry, test, settings, seed, progress, pieces, reference))],
+              [("x0_zeta", "x̂0-guidance step-size search", "seconds",
+                lambda task, entry: _x0_search(model, task, train, settings, seed, progress, pieces)),
+               ("x0_lam_sweep", "λ sweep with x̂0 guidance", "seconds",
+                lambda task, entry: _x0_lam_sweep(model, task, entry, test, settings, seed, progress, pieces, reference))],
               [("averaging", "averaging baseline", "seconds",
                 lambda task, entry: _averaging(model, task, entry, test, settings, seed, progress, pieces, reference)),
                ("ddim", "DDIM-η baseline", "seconds",
@@ -171,7 +180,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
                     "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "device": common.device_description(device),
                     "torch": torch.__version__, "seconds": round(seconds, 1)}
                 common.write_json(partial_path, {"key": run_key, "tasks": results["tasks"]})
-                if series != "zeta":
+                if series not in SEARCH_PHASES:
                     _print_rows(f"{task.name}: {label} ({settings.images} test images, {settings.steps} steps, {seconds:.0f} s)",
                                 {series: entry[series]})
     _plot(results, out_dir / f"{NAME}_dp_curve.png")
@@ -233,7 +242,8 @@ def status(out_dir, markdown: bool = False, plot: bool = False) -> dict:
     stored = PieceStore(out_dir / f"{NAME}.pieces", key).stored()
     counts_deepinv = _runs_deepinv(settings["deepinv_alphas"])
     expected = _expected_pieces(settings, counts_deepinv)
-    series_names = {"zeta": "step-size search", "lam_sweep": "λ sweep", "averaging": "averaging", "ddim": "DDIM-η", "deepinv": "deepinv"}
+    series_names = {"zeta": "step-size search", "lam_sweep": "λ sweep", "x0_zeta": "x̂0 step-size search",
+                    "x0_lam_sweep": "x̂0 λ sweep", "averaging": "averaging", "ddim": "DDIM-η", "deepinv": "deepinv"}
     print(f"[{NAME}] interrupted run in {out_dir}: {settings['images']} test images, {settings['steps']} steps, "
           f"seed {key['seed']}", flush=True)
     for name in settings["tasks"]:
@@ -270,8 +280,8 @@ def _runs_deepinv(deepinv_alphas) -> bool:
 
 
 def _phases_per_task(with_deepinv: bool) -> int:
-    """search, λ sweep, averaging, DDIM-η, and deepinv's α series when it runs."""
-    return 5 if with_deepinv else 4
+    """search, λ sweep, both again with x̂0 guidance, averaging, DDIM-η, and deepinv's α series when it runs."""
+    return 7 if with_deepinv else 6
 
 
 def _expected_pieces(settings: dict, with_deepinv: bool) -> int:
@@ -279,7 +289,7 @@ def _expected_pieces(settings: dict, with_deepinv: bool) -> int:
     blocks = math.ceil(settings["images"] / settings["block_images"])
     extra_draws = max(settings["average_counts"]) - (1 if max(settings["lams"]) == 1.0 else 0)
     choices = len(settings["zeta_factors"]) + len(settings["constant_zetas"])  # one search piece each
-    per_task = (choices + blocks  # search, sweep
+    per_task = (2 * (choices + blocks)  # search and sweep, with DPS and with x̂0 guidance
                 + extra_draws * blocks  # averaging
                 + choices + len(settings["etas"]) * blocks)  # DDIM's own search, its blocks
     if with_deepinv:
@@ -290,11 +300,14 @@ def _expected_pieces(settings: dict, with_deepinv: bool) -> int:
 def _print_rows(title: str, task_results: dict, markdown: bool = False) -> None:
     """The table of whichever series ``task_results`` holds (a finished phase, or the whole task);
     with only a search finished, its choice per λ."""
-    if "zeta" in task_results and "lam_sweep" not in task_results:
-        chosen = replace(TASKS[0], zeta=_chosen_steps(task_results)).zeta_text
-        print(f"[{NAME}] {title}: the search chose {chosen}", flush=True)
+    for search, sweep, which in (("zeta", "lam_sweep", "search"), ("x0_zeta", "x0_lam_sweep", "x̂0-guidance search")):
+        if search in task_results and sweep not in task_results:
+            chosen = replace(TASKS[0], zeta=_chosen_steps(task_results[search])).zeta_text
+            print(f"[{NAME}] {title}: the {which} chose {chosen}", flush=True)
     rows = [(f"λ = {row['lam']:g} ({'c' if row['zeta'][0] == 'beta' else 'ζ'} {row['zeta'][1]:g})", row)
             for row in task_results.get("lam_sweep", [])]
+    rows += [(f"λ = {row['lam']:g}, x̂0 guidance ({'c' if row['zeta'][0] == 'beta' else 'ζ'} {row['zeta'][1]:g})", row)
+             for row in task_results.get("x0_lam_sweep", [])]
     rows += [(f"mean of {row['samples']} DPS samples", row) for row in task_results.get("averaging", [])]
     rows += [(f"DDIM η = {row['eta']:g}" + (f" ({'c' if row['zeta'][0] == 'beta' else 'ζ'} {row['zeta'][1]:g})"
                                              if "zeta" in row else ""), row) for row in task_results.get("ddim", [])]
@@ -330,7 +343,7 @@ def _step_choices(model, task: ImageTask, settings: Settings) -> list[tuple[str,
 def _lam_sweep(model, task: ImageTask, entry: dict, test, settings: Settings, seed: int, progress, pieces: PieceStore,
                reference) -> dict:
     """The λ sweep on the test images with the step sizes ``entry``'s search chose."""
-    zeta_of_lam = _chosen_steps(entry)
+    zeta_of_lam = _chosen_steps(entry["zeta"])
     restored = _sweep_restorations(model, replace(task, zeta=zeta_of_lam), test, settings, seed, pieces)
     lam_sweep = [dict(row, zeta=list(zeta_of_lam[row["lam"]]))
                  for row in dp_rows(test, restored, settings.lams, reference=reference)]
@@ -338,9 +351,23 @@ def _lam_sweep(model, task: ImageTask, entry: dict, test, settings: Settings, se
     return {"lam_sweep": lam_sweep}
 
 
-def _chosen_steps(entry: dict) -> dict[float, tuple[str, float]]:
-    """λ → (schedule, value) as the search stored it in a task's entry."""
-    return {float(lam): tuple(choice) for lam, choice in entry["zeta"].items()}
+def _chosen_steps(stored: dict) -> dict[float, tuple[str, float]]:
+    """λ → (schedule, value) from a search's choices as stored (a task entry's ``zeta`` or ``x0_zeta``)."""
+    return {float(lam): tuple(choice) for lam, choice in stored.items()}
+
+
+def _x0_search(model, task: ImageTask, train, settings: Settings, seed: int, progress, pieces: PieceStore) -> dict:
+    """:func:`_search` with x̂0 guidance (same grid, training images and seeds): ``x0_zeta``, ``x0_search``."""
+    found = _search(model, replace(task, guidance="x0"), train, settings, seed, progress, pieces)
+    return {"x0_zeta": found["zeta"], "x0_search": found["search"]}
+
+
+def _x0_lam_sweep(model, task: ImageTask, entry: dict, test, settings: Settings, seed: int, progress, pieces: PieceStore,
+                  reference) -> dict:
+    """:func:`_lam_sweep` with x̂0 guidance and the step sizes its own search chose: ``x0_lam_sweep``."""
+    swept = _lam_sweep(model, replace(task, guidance="x0"), {"zeta": entry["x0_zeta"]}, test, settings, seed, progress,
+                       pieces, reference)
+    return {"x0_lam_sweep": swept["lam_sweep"]}
 
 
 def _sweep_restorations(model, tuned: ImageTask, test, settings: Settings, seed: int, pieces: PieceStore) -> torch.Tensor:
@@ -360,7 +387,7 @@ def _averaging(model, task: ImageTask, entry: dict, test, settings: Settings, se
     read back from the sweep's pieces, or — where they are gone (a run resumed on another
     machine) — run again alone, the same chain up to the rounding of another batch make-up,
     at a fifth of the sweep's cost. ``averaging_first_draw`` says which."""
-    zeta_of_lam = _chosen_steps(entry)
+    zeta_of_lam = _chosen_steps(entry["zeta"])
     y = task.measure(test, seed=seed + TEST_SEED)
     n_images, block = test.shape[0], settings.block_images
     zeta_one = zeta_of_lam[max(settings.lams)]
@@ -488,7 +515,9 @@ def _settings_dict(settings: Settings) -> dict:
     return values
 
 
-SERIES = (("lam_sweep", "lam", "λ sweep (ζ tuned per λ)", "o-"), ("averaging", "samples", "mean of N DPS samples", "s-"),
+SERIES = (("lam_sweep", "lam", "λ sweep (ζ tuned per λ)", "o-"),
+          ("x0_lam_sweep", "lam", "λ sweep, x̂0 guidance (ζ tuned per λ)", "D-"),
+          ("averaging", "samples", "mean of N DPS samples", "s-"),
           ("ddim", "eta", "DDIM-η (ζ tuned per η)", "^-"), ("deepinv", "alpha", "deepinv DPS, α", "v--"))
 
 

@@ -43,13 +43,20 @@ def test_quick_run_writes_every_series_and_the_figure(quick_run):
     assert task["ddim"][0]["zeta"] == best["zeta"]
     assert set(task["zeta"]) == {"0.0", "1.0"}
     assert all(schedule in ("beta", "constant") for schedule, _ in task["zeta"].values())
+    # the x̂0-guided sweep: its own search over the same grid, its own chains
+    assert [row["lam"] for row in task["x0_lam_sweep"]] == [0.0, 1.0] and set(task["x0_zeta"]) == {"0.0", "1.0"}
+    assert [entry["zeta"] for entry in task["x0_search"]] == [entry["zeta"] for entry in task["search"]]
+    assert [entry["mse"] for entry in task["x0_search"]] != [entry["mse"] for entry in task["search"]]
+    for lam, row in zip(("0.0", "1.0"), task["x0_lam_sweep"]):
+        assert row["zeta"] == task["x0_zeta"][lam]
+        assert row["zeta"] == min(task["x0_search"], key=lambda entry: entry["mse"][int(float(lam))])["zeta"]
     if deepinv_available():  # a test extra; `.ci/run` installs it
         (deepinv_row,) = task["deepinv"]
         assert deepinv_row["alpha"] == 1.0 and deepinv_row["weight"] in (3.0, 30.0)
         assert math.isfinite(deepinv_row["mse"]) and math.isfinite(deepinv_row["fd"])
     else:
         assert "deepinv" not in task
-    for series in ("lam_sweep", "averaging", "ddim"):
+    for series in ("lam_sweep", "x0_lam_sweep", "averaging", "ddim"):
         for row in task[series]:
             assert row["mse"] > 0 and row["fd"] >= 0 and 0 < row["ssim"] <= 1
     assert (tmp_path / "images.json").is_file() and (tmp_path / "images_dp_curve.png").stat().st_size > 5_000
@@ -135,17 +142,20 @@ def test_an_interrupted_run_resumes_without_redoing_finished_phases(tmp_path, mo
         return wrapped
 
     for name in phases:
-        monkeypatch.setattr(images, name, counting(name, kill_at=7 if name == "_averaging" else None))
+        monkeypatch.setattr(images, name, counting(name, kill_at=11 if name == "_averaging" else None))
     with pytest.raises(KeyboardInterrupt):  # in the second task's averaging
         images.run(tmp_path, settings=TWO_TASKS)
     first, second = (task.name for task in images.TASKS[:2])
+    first_x0, second_x0 = (replace(task, guidance="x0").name for task in images.TASKS[:2])
     assert calls == [("_search", first), ("_lam_sweep", first), ("_search", second), ("_lam_sweep", second),
+                     ("_search", first_x0), ("_lam_sweep", first_x0), ("_search", second_x0), ("_lam_sweep", second_x0),
                      ("_averaging", first), ("_ddim", first), ("_averaging", second)]
     partial = json.loads((tmp_path / "images.partial.json").read_text())
     assert "ddim" in partial["tasks"][first]
-    assert set(partial["tasks"][second]) == {"zeta", "search", "lam_sweep", "seconds", "phases"}
+    assert set(partial["tasks"][second]) == {"zeta", "search", "lam_sweep", "x0_zeta", "x0_search", "x0_lam_sweep",
+                                             "seconds", "phases"}
     # each finished phase says where and when it ran (a run spread over sessions may change machines)
-    assert set(partial["tasks"][second]["phases"]) == {"zeta", "lam_sweep"}
+    assert set(partial["tasks"][second]["phases"]) == {"zeta", "lam_sweep", "x0_zeta", "x0_lam_sweep"}
     assert all(torch.backends.cpu.get_cpu_capability() in phase["device"] and phase["seconds"] > 0
                for phase in partial["tasks"][second]["phases"].values())
 
@@ -183,7 +193,7 @@ def test_a_run_resumed_without_its_pieces_reads_finished_phases_from_the_file_al
     assert len(moved["search"]) == len(settings.zeta_factors) + len(settings.constant_zetas)
     assert moved["averaging_first_draw"] == "run again: the λ sweep's pieces were gone"
     assert reference["averaging_first_draw"] == "the λ sweep's λ = 1 pieces"
-    for series in ("lam_sweep", "ddim"):
+    for series in ("lam_sweep", "x0_lam_sweep", "ddim"):
         assert moved[series] == reference[series], series
     for row, reference_row in zip(moved["averaging"], reference["averaging"], strict=True):
         # the same chains, in batches of another make-up: equal up to rounding
@@ -226,7 +236,7 @@ def test_a_run_killed_inside_a_task_reads_its_finished_pieces_back(tmp_path, mon
     monkeypatch.setattr(images, "ddim_dps_sample", counting("ddim", real_ddim, kill_at=3))
     with pytest.raises(KeyboardInterrupt):  # DDIM's step-size search (one choice), its first block, killed in the second
         images.run(tmp_path / "resumed", settings=BLOCKED)
-    assert calls == {"search": 1, "chains": 2, "ddim": 3}
+    assert calls == {"search": 2, "chains": 4, "ddim": 3}  # search and sweep, with DPS and with x̂0 guidance
     partial = json.loads((tmp_path / "resumed" / "images.partial.json").read_text())
     assert "averaging" in partial["tasks"][images.TASKS[0].name] and "ddim" not in partial["tasks"][images.TASKS[0].name]
 
@@ -236,7 +246,7 @@ def test_a_run_killed_inside_a_task_reads_its_finished_pieces_back(tmp_path, mon
     # only the unfinished block was run again (the averaging's λ = 1 draw is the sweep's, read back)
     assert calls == {"search": 0, "chains": 0, "ddim": 1}
     (whole_task,), (resumed_task,) = whole["tasks"].values(), resumed["tasks"].values()
-    for series in ("zeta", "lam_sweep", "averaging", "ddim", "ddim_search"):
+    for series in ("zeta", "lam_sweep", "x0_zeta", "x0_lam_sweep", "averaging", "ddim", "ddim_search"):
         assert resumed_task[series] == whole_task[series], series
     assert resumed_task["seconds"] > 0
     assert not (tmp_path / "resumed" / "images.pieces").exists()  # removed with the partial file at the end
@@ -266,10 +276,12 @@ def test_status_shows_a_killed_run_and_counts_the_pieces_a_whole_run_stores(tmp_
     capsys.readouterr()
     partial = images.status(tmp_path)
     printed = capsys.readouterr().out
-    # one search choice, two sweep blocks, DDIM's one search choice and first block; the λ = 1 draw is the sweep's
-    assert (partial["state"], partial["stored_pieces"], partial["expected_pieces"]) == ("partial", 5, 6)
-    assert (partial["finished_phases"], partial["phases"]) == (3, 4) and "phases finished: 3 of 4\n" in printed
-    assert f"{images.TASKS[0].name}: step-size search, λ sweep, averaging\n" in printed and "pieces stored: 5 of the 6" in printed
+    # one search choice and two sweep blocks each with DPS and x̂0 guidance, DDIM's one search choice and first
+    # block; the λ = 1 draw is the sweep's
+    assert (partial["state"], partial["stored_pieces"], partial["expected_pieces"]) == ("partial", 8, 9)
+    assert (partial["finished_phases"], partial["phases"]) == (5, 6) and "phases finished: 5 of 6\n" in printed
+    assert (f"{images.TASKS[0].name}: step-size search, λ sweep, x̂0 step-size search, x̂0 λ sweep, averaging\n" in printed
+            and "pieces stored: 8 of the 9" in printed)
     images.status(tmp_path, markdown=True)  # the tables as docs/RESULTS.md pastes them
     printed = capsys.readouterr().out
     assert "| method | MSE | PSNR | SSIM | FD | FD unpaired |\n| --- | --- | --- | --- | --- | --- |\n| λ = 0 (" in printed
@@ -313,7 +325,7 @@ def test_every_row_has_an_unpaired_fd_above_the_clean_floor_order_aside(quick_ru
     _, results = quick_run
     (task,) = results["tasks"].values()
     assert results["fd_floor"] > 0
-    for series in ("lam_sweep", "averaging", "ddim"):
+    for series in ("lam_sweep", "x0_lam_sweep", "averaging", "ddim"):
         for row in task[series]:
             assert math.isfinite(row["fd_unpaired"]) and row["fd_unpaired"] != row["fd"], (series, row)
 
@@ -325,7 +337,7 @@ def test_blocks_of_test_images_restore_what_one_batch_restores(tmp_path):
     assert blocked["zeta"] == one_batch["zeta"]
     # DDIM η = 0 with λ = 1's β-scaled schedule over these few steps diverges (MSE > 1), and a
     # diverging deterministic chain amplifies the batch's rounding ~10× more than the λ sweep
-    for series, tolerance in (("lam_sweep", 1e-4), ("ddim", 1e-2)):
+    for series, tolerance in (("lam_sweep", 1e-4), ("x0_lam_sweep", 1e-4), ("ddim", 1e-2)):
         for row, reference in zip(blocked[series], one_batch[series], strict=True):
             assert row["mse"] == pytest.approx(reference["mse"], rel=tolerance), (series, row, reference)
 
@@ -341,7 +353,8 @@ def test_a_partial_file_from_other_settings_or_broken_is_not_reused(tmp_path, mo
     real_search = images._search
     monkeypatch.setattr(images, "_search", lambda model, task, *args: calls.append(task.name) or real_search(model, task, *args))
     images.run(tmp_path, settings=TWO_TASKS, seed=3)
-    assert calls == [task.name for task in images.TASKS[:2]]
+    # every search ran, with DPS and with x̂0 guidance: nothing was taken from the stale file
+    assert calls == [task.name for guidance in ("dps", "x0") for task in (replace(task, guidance=guidance) for task in images.TASKS[:2])]
     assert message in capsys.readouterr().out
 
 
@@ -354,6 +367,7 @@ def test_quick_run_on_cuda_chooses_the_same_steps_and_lands_near_the_cpu_run(qui
     assert "--device cuda" in gpu["meta"]["command"] and "CUDA" in gpu["meta"]["device"]
     (cpu_task,), (gpu_task,) = cpu["tasks"].values(), gpu["tasks"].values()
     assert gpu_task["zeta"] == cpu_task["zeta"]
-    for series in ("lam_sweep", "averaging", "ddim"):
+    assert gpu_task["x0_zeta"] == cpu_task["x0_zeta"]
+    for series in ("lam_sweep", "x0_lam_sweep", "averaging", "ddim"):
         for cpu_row, gpu_row in zip(cpu_task[series], gpu_task[series], strict=True):
             assert gpu_row["mse"] == pytest.approx(cpu_row["mse"], rel=0.1), (series, cpu_row, gpu_row)
