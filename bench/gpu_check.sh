@@ -31,7 +31,7 @@
 # The full images experiment (section "images_full", issue #6: 256 held-out test images,
 # 100 steps, five tasks; `dpfast reproduce images --device cuda`) needs the test split too
 # (t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in the same folder. It writes
-# images.partial.json after every phase of every task (all λ sweeps, then the baselines);
+# images.partial.json after every phase of every task (all λ sweeps, DPS then x̂0-guided, then the baselines);
 # DPFAST_GPU_IMAGES_FROM=DIR (holding an earlier run's images.partial.json) carries on from
 # there, so a run cut by the deadline loses one phase of one task. Its stored chain pieces
 # (images.pieces/, tens of MB) are left out of the returned archive.

@@ -21,6 +21,7 @@ def test_demo_moves_along_the_dp_tradeoff(tmp_path):
     0.0307, FD 60.0 / 63.9 / 54.8 at λ = 0 / 0.5 / 1 (torch's AVX2 kernels: the same MSE, FD 59.9 / 63.9 /
     54.6) — FD is not monotone in between (docs/MODEL_CARD.md, "Demo")."""
     lams = (0.0, 0.5, 1.0)
+    assert all(task.guidance == "x0" for task in DEMO_TASKS) and all(task.guidance == "dps" for task in DPS_DEMO_TASKS)
     results = run_demo(tmp_path, steps=40, images=8, lams=lams, progress=False)
     assert list(results) == [task.name for task in DEMO_TASKS]
     mse, fd = _averaged_curve(results)

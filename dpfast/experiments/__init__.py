@@ -12,18 +12,19 @@ and a JSON of its numbers into ``out_dir``, and returns the numbers.
 ``pinwheel``     2-D pinwheel data, a small MLP ε-model, DPS: λ sweep against
                  averaging N posterior samples and a DDIM-η sweep
 ``images``       held-out Fashion-MNIST test images, the built-in model: denoising,
-                 deblurring, ×4 SR; λ sweep (ζ per λ searched on training images)
-                 against averaging N DPS samples and DDIM-η; MSE/PSNR/SSIM/FD. The
+                 deblurring, ×4 SR; λ sweep (ζ per λ searched on training images),
+                 with DPS and with x̂0 guidance, against averaging N DPS samples and
+                 DDIM-η; MSE/PSNR/SSIM/FD. The
                  full size (256 images, 100 steps) is minutes of GPU work or ~20 h
                  on a 2-core CPU, resumable in pieces of minutes across sessions;
                  ``--medium`` (32 images, 50 steps) fits a CPU session; ``--quick``
                  is the tests' 4-image version
-``score_swap``   the demo's denoising with four scores (the built-in network, the exact
+``score_swap``   the DPS-guided demo's denoising with four scores (the built-in network, the exact
                  score of a Gaussian fitted to the training set, and the two mixed at
                  t = 600 / 300): is λ = 0's poor MSE the method's fault or the network's?
-``sensitivity``  the demo's deblurring with the network's output perturbed by rounding-sized
-                 noise: how far each λ's restoration moves (bf16 vs float32 on a GPU)
-``step_count``   the demo's three tasks at λ = 0 and 1 for 25–400 reverse steps: does
+``sensitivity``  the demo's deblurring, DPS- and x̂0-guided, with the network's output perturbed
+                 by rounding-sized noise: how far each λ's restoration moves (bf16 vs float32)
+``step_count``   the DPS-guided demo's three tasks at λ = 0 and 1 for 25–400 reverse steps: does
                  λ = 0's MSE deficit shrink with a finer chain?
 ===============  ===================================================================
 """

@@ -1,6 +1,7 @@
 """Fashion-MNIST restoration tasks, shared by `make demo` and ``dpfast reproduce images``.
 
-A task is an operator, a noise level σ_n and the DPS step size ζ used with it. The
+A task is an operator, a noise level σ_n, the guidance (DPS by default, or x̂0) and the
+step size ζ used with it. The
 measurement is y = A x0 + σ_n n with counter-based noise, so a task and a seed fix y.
 :func:`traverse_task` restores every image at every λ in one batched run and
 :func:`dp_rows` scores the restorations: MSE, PSNR, SSIM against the truth and FD (the

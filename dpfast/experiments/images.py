@@ -28,7 +28,8 @@ super-resolution with σ_n = 0.05. Per task:
 
 ``FULL`` (256 test images, 100 steps) is sized for a GPU (``--device cuda``;
 ``bench/gpu_check.sh`` section ``images_full``): on a 2-core CPU it is ~20 hours of work
-(~2.9 M image-steps at ~25 ms each), so it runs there over several sessions. ``MEDIUM``
+(~2.9 M image-steps at ~25 ms each, plus ~1 M forward-only ones for the x̂0-guidance
+phases), so it runs there over several sessions. ``MEDIUM``
 (32 images, 50 steps; ``--medium``) took 23–24 min per task on an idle 2-core CPU, about
 2 h in all; ``QUICK`` is the tests' version.
 

@@ -1,7 +1,7 @@
 """Is λ = 0's poor showing on images the method's fault or the network's? Swap the score and see.
 
-With the shipped built-in weights, λ = 1 beats λ = 0 in MSE on every demo task, against
-the method's promise. This experiment restores the same measurements (the demo's
+With the shipped built-in weights and DPS guidance, λ = 1 beats λ = 0 in MSE on every demo
+task, against the method's promise (x̂0 guidance turns that around: docs/RESULTS.md §4). This experiment restores the same measurements (the demo's
 denoising task) with four scores and otherwise identical settings:
 
 - ``network``: the built-in model;
@@ -26,9 +26,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from dpfast.demo import DPS_DEMO_TASKS
 from dpfast.experiments import common
 from dpfast.denoising_quality import WienerDenoiser
-from dpfast.experiments.image_tasks import ImageTask, dp_rows, traverse_task
+from dpfast.experiments.image_tasks import dp_rows, traverse_task
 from dpfast.models.analytic import GaussianScore
 from dpfast.models.base import ScoreModel
 from dpfast.schedule import Schedule
@@ -37,7 +38,7 @@ NAME = "score_swap"
 LAMS = (0.0, 0.25, 0.5, 0.75, 1.0)
 SWITCH_TIMESTEPS = (600, 300)
 STEPS = 60
-TASK = ImageTask("denoise", sigma_n=0.2, zeta={0.0: 320.0, 1.0: 160.0})  # the DPS-guided demo's denoising task
+TASK = DPS_DEMO_TASKS[0]  # the DPS-guided demo's denoising task (σ_n 0.2, c 320 at λ = 0, 160 at λ = 1)
 
 
 class GaussianImagePrior(ScoreModel):

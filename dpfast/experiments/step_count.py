@@ -26,9 +26,9 @@ QUICK_STEP_COUNTS = (3, 6)
 
 
 def run(out_dir, quick: bool = False, seed: int = 0) -> dict:
-    """Restore the demo's measurements at every step count; write JSON, a figure and a table.
+    """Restore the DPS-guided demo's measurements at every step count; write JSON, a figure and a table.
 
-    Full: the 8 bundled test images, the three demo tasks, :data:`STEP_COUNTS` (about
+    Full: the 8 bundled test images, the three tasks of ``DPS_DEMO_TASKS``, :data:`STEP_COUNTS` (about
     20 minutes on 2 cores). ``quick``: 2 images, the denoising task, 3 and 6 steps.
     """
     from dpfast.data import load_demo_images
@@ -56,7 +56,7 @@ def run(out_dir, quick: bool = False, seed: int = 0) -> dict:
                "figures": [f"{NAME}.png"], "meta": common.run_metadata(NAME, quick, seed, started)}
     _plot(rows, tasks, out_dir / f"{NAME}.png")
     common.print_table(
-        f"the demo's tasks, {truth.shape[0]} test images, λ ∈ {list(LAMS)}: MSE and FD against the step count",
+        f"the DPS-guided demo's tasks, {truth.shape[0]} test images, λ ∈ {list(LAMS)}: MSE and FD against the step count",
         ("task", "steps", "λ", "MSE", "FD"),
         [(row["task"], row["steps"], row["lam"], row["mse"], row["fd"]) for row in rows],
     )

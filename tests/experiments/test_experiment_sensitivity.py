@@ -35,6 +35,7 @@ def test_quick_run_reports_each_lam_unperturbed_and_perturbed(tmp_path):
     assert (tmp_path / "sensitivity.json").is_file()
 
 
-def test_an_unknown_guidance_is_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"guidances must be a non-empty selection of \['dps', 'x0'\], got \['none'\]"):
-        sensitivity.run(tmp_path, quick=True, guidances=("none",))
+@pytest.mark.parametrize("guidances, shown", [(("none",), r"\['none'\]"), ((), r"\[\]")])
+def test_an_unknown_or_empty_guidance_selection_is_refused(tmp_path, guidances, shown):
+    with pytest.raises(ValueError, match=r"guidances must be a non-empty selection of \['dps', 'x0'\], got " + shown):
+        sensitivity.run(tmp_path, quick=True, guidances=guidances)
