@@ -10,7 +10,8 @@ super-resolution with σ_n = 0.05. Per task:
    61/3 blur in the demo's search), so the held-out images choose nothing;
 2. the λ sweep on the test images in one batched traversal per task;
    then both again with x̂0 guidance (``guidance="x0"``, no VJP through the network; its own
-   search over the same grid, training images and seeds), which the demo uses since it made
+   search over the same grid and two weaker steps, the same training images and seeds), which
+   the demo uses since it made
    λ = 0 the low-MSE end there (docs/RESULTS.md §4, "x̂0 guidance");
 3. baselines with the same network, guidance and step count: the mean of N λ = 1 (DPS)
    samples, the PSCGAN-N way of moving toward the MMSE end, and DDIM-η with the same DPS
@@ -83,6 +84,10 @@ TASKS = (
     ImageTask("sr4", 0.05, 1.0),
 )
 TEST_SEED, SEARCH_SEED, AVERAGE_SEED = 0, 100, 10_000
+# x̂0 guidance searches the settings' grid and two weaker β-scaled steps below it (in units of
+# the natural scale √m/σ_n): its gradient lacks the network's Jacobian, and on the full run's
+# first task (denoising σ_n 0.1) it chose the grid's weakest c (0.25×) at every λ.
+X0_WEAKER_FACTORS = (0.0625, 0.125)
 
 
 @dataclass(frozen=True)
@@ -290,7 +295,7 @@ def _expected_pieces(settings: dict, with_deepinv: bool) -> int:
     blocks = math.ceil(settings["images"] / settings["block_images"])
     extra_draws = max(settings["average_counts"]) - (1 if max(settings["lams"]) == 1.0 else 0)
     choices = len(settings["zeta_factors"]) + len(settings["constant_zetas"])  # one search piece each
-    per_task = (2 * (choices + blocks)  # search and sweep, with DPS and with x̂0 guidance
+    per_task = (2 * (choices + blocks) + len(X0_WEAKER_FACTORS)  # search and sweep, with DPS and with x̂0 guidance
                 + extra_draws * blocks  # averaging
                 + choices + len(settings["etas"]) * blocks)  # DDIM's own search, its blocks
     if with_deepinv:
@@ -320,11 +325,15 @@ def _print_rows(title: str, task_results: dict, markdown: bool = False) -> None:
                         for label, row in rows], markdown=markdown)
 
 
-def _search(model, task: ImageTask, train, settings: Settings, seed: int, progress, pieces: PieceStore) -> dict:
-    """The step size per λ: the lowest MSE on the training images over the task's grid.
+def _search(model, task: ImageTask, train, settings: Settings, seed: int, progress, pieces: PieceStore,
+            weaker_factors: tuple[float, ...] = ()) -> dict:
+    """The step size per λ: the lowest MSE on the training images over the task's grid (with
+    β-scaled steps at ``weaker_factors`` × the natural scale in front).
 
     Returns the choice per λ (``zeta``) and every choice's MSE per λ (``search``)."""
-    errors = step_size_errors(model, task, train, settings.lams, _step_choices(model, task, settings), settings.steps,
+    natural = task.natural_scale(model.image_shape)
+    choices = [("beta", factor * natural) for factor in weaker_factors] + _step_choices(model, task, settings)
+    errors = step_size_errors(model, task, train, settings.lams, choices, settings.steps,
                               seed=seed + SEARCH_SEED, log=lambda line: None, pieces=pieces)
     zeta_of_lam = best_step_sizes(errors, settings.lams)
     progress.step(f"{task.name}: step-size search on {train.shape[0]} training images -> "
@@ -358,8 +367,9 @@ def _chosen_steps(stored: dict) -> dict[float, tuple[str, float]]:
 
 
 def _x0_search(model, task: ImageTask, train, settings: Settings, seed: int, progress, pieces: PieceStore) -> dict:
-    """:func:`_search` with x̂0 guidance (same grid, training images and seeds): ``x0_zeta``, ``x0_search``."""
-    found = _search(model, replace(task, guidance="x0"), train, settings, seed, progress, pieces)
+    """:func:`_search` with x̂0 guidance (the same grid with :data:`X0_WEAKER_FACTORS` in front, the same
+    training images and seeds): ``x0_zeta``, ``x0_search``."""
+    found = _search(model, replace(task, guidance="x0"), train, settings, seed, progress, pieces, X0_WEAKER_FACTORS)
     return {"x0_zeta": found["zeta"], "x0_search": found["search"]}
 
 

@@ -45,7 +45,11 @@ def test_quick_run_writes_every_series_and_the_figure(quick_run):
     assert all(schedule in ("beta", "constant") for schedule, _ in task["zeta"].values())
     # the x̂0-guided sweep: its own search over the same grid, its own chains
     assert [row["lam"] for row in task["x0_lam_sweep"]] == [0.0, 1.0] and set(task["x0_zeta"]) == {"0.0", "1.0"}
-    assert [entry["mse"] for entry in task["x0_search"]] != [entry["mse"] for entry in task["search"]]
+    # its grid: two weaker β-scaled steps, then the DPS search's grid
+    natural = images.TASKS[0].natural_scale((1, 32, 32))
+    assert [entry["zeta"] for entry in task["x0_search"]] == (
+        [["beta", factor * natural] for factor in images.X0_WEAKER_FACTORS] + [entry["zeta"] for entry in task["search"]])
+    assert [entry["mse"] for entry in task["x0_search"][2:]] != [entry["mse"] for entry in task["search"]]
     for index, row in enumerate(task["x0_lam_sweep"]):
         assert row["zeta"] == task["x0_zeta"][str(row["lam"])]
         assert row["zeta"] == min(task["x0_search"], key=lambda entry: entry["mse"][index])["zeta"]
@@ -237,7 +241,7 @@ def test_a_run_killed_inside_a_task_reads_its_finished_pieces_back(tmp_path, mon
     monkeypatch.setattr(images, "ddim_dps_sample", counting("ddim", real_ddim, kill_at=3))
     with pytest.raises(KeyboardInterrupt):  # DDIM's step-size search (one choice), its first block, killed in the second
         images.run(tmp_path / "resumed", settings=BLOCKED)
-    assert calls == {"search": 2, "chains": 4, "ddim": 3}  # search and sweep, with DPS and with x̂0 guidance
+    assert calls == {"search": 4, "chains": 4, "ddim": 3}  # search (x̂0: two more choices) and sweep, DPS and x̂0
     partial = json.loads((tmp_path / "resumed" / "images.partial.json").read_text())
     assert "averaging" in partial["tasks"][images.TASKS[0].name] and "ddim" not in partial["tasks"][images.TASKS[0].name]
 
@@ -277,12 +281,12 @@ def test_status_shows_a_killed_run_and_counts_the_pieces_a_whole_run_stores(tmp_
     capsys.readouterr()
     partial = images.status(tmp_path)
     printed = capsys.readouterr().out
-    # one search choice and two sweep blocks each with DPS and x̂0 guidance, DDIM's one search choice and first
-    # block; the λ = 1 draw is the sweep's
-    assert (partial["state"], partial["stored_pieces"], partial["expected_pieces"]) == ("partial", 8, 9)
+    # one search choice (x̂0: three) and two sweep blocks each with DPS and x̂0 guidance, DDIM's one search
+    # choice and first block; the λ = 1 draw is the sweep's
+    assert (partial["state"], partial["stored_pieces"], partial["expected_pieces"]) == ("partial", 10, 11)
     assert (partial["finished_phases"], partial["phases"]) == (5, 6) and "phases finished: 5 of 6\n" in printed
     assert (f"{images.TASKS[0].name}: step-size search, λ sweep, x̂0 step-size search, x̂0 λ sweep, averaging\n" in printed
-            and "pieces stored: 8 of the 9" in printed)
+            and "pieces stored: 10 of the 11" in printed)
     images.status(tmp_path, markdown=True)  # the tables as docs/RESULTS.md pastes them
     printed = capsys.readouterr().out
     assert "| method | MSE | PSNR | SSIM | FD | FD unpaired |\n| --- | --- | --- | --- | --- | --- |\n| λ = 0 (" in printed
