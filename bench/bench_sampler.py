@@ -27,6 +27,7 @@ from reporting import report_table
 from dpfast import benchmark as shared
 from dpfast import cpu_memory
 from dpfast.models.loading import BUILTIN_ASSET
+from dpfast.sampler import Sampler
 
 DEVICE = os.environ.get("DPFAST_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 if os.environ.get("DPFAST_BENCH_THREADS"):
@@ -120,3 +121,34 @@ def _print_summary(request):
     if _RESULTS:
         timer = str(request.config.getoption("benchmark_timer", "time.perf_counter"))
         report_table(request, shared.summary_table(_RESULTS, DEVICE, timer))
+
+
+# x̂0 guidance (guidance="x0": no VJP through the network) against DPS, eager fp32, the demo's
+# network at the demo's batch size, paired in every round like the table above.
+GUIDANCE_WORKLOAD = shared.Workload(FMNIST, (1, 32, 32), batch=40, steps=4, rounds=5)
+
+
+def test_x0_guidance_speed_against_dps(benchmark, request):
+    """One restoration with x̂0 guidance, timed; the DPS-guided one run right before each round."""
+    workload = GUIDANCE_WORKLOAD
+    model = _model(workload)
+    operator = shared.benchmark_operator(workload.image)
+    y = shared.measurement(workload, operator, DEVICE)
+
+    def restoration(guidance):
+        sampler = Sampler(model, operator, steps=workload.steps, zeta=shared.ZETA, guidance=guidance)
+        run = shared.synchronized(lambda: sampler.restore(y, lam=shared.LAM, seed=0), torch.device(DEVICE))
+        run()  # warm-up
+        return run
+
+    timer = load_timer(str(request.config.getoption("benchmark_timer"))).target
+    paired = shared.PairedTimer({"dps": restoration("dps")}, timer)
+    paired.reset()
+    benchmark.group = f"guidance {workload.name}"
+    benchmark.pedantic(restoration("x0"), setup=paired, rounds=workload.rounds, iterations=1)
+    x0, dps = min(benchmark.stats.stats.data), min(paired.seconds["dps"])
+    benchmark.extra_info.update(device=shared.device_name(DEVICE), torch=torch.__version__, threads=torch.get_num_threads(),
+                                x0_ms_per_step=1e3 * x0 / workload.steps, dps_ms_per_step=1e3 * dps / workload.steps,
+                                speedup_x0_over_dps=dps / x0)
+    print(f"\nguidance, {workload.name} batch {workload.batch}, {workload.steps} steps, eager fp32 on {shared.device_name(DEVICE)}: "
+          f"x0 {1e3 * x0 / workload.steps:.0f} ms/step, dps {1e3 * dps / workload.steps:.0f} ms/step, x0 {dps / x0:.2f}× faster")
