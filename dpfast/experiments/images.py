@@ -532,6 +532,11 @@ SERIES = (("lam_sweep", "lam", "λ sweep (ζ tuned per λ)", "o-"),
           ("ddim", "eta", "DDIM-η (ζ tuned per η)", "^-"), ("deepinv", "alpha", "deepinv DPS, α", "v--"))
 
 
+def _mantissa(value: float) -> int:
+    """The leading digit of a positive tick value (0.03 → 3)."""
+    return int(round(value / 10 ** math.floor(math.log10(value))))
+
+
 def _plot(results: dict, path: Path) -> Path:
     """MSE against FD per task; a second row against the unpaired FD (with the clean-set floor)
     when every point has one."""
@@ -560,11 +565,14 @@ def _plot(results: dict, path: Path) -> Path:
             axis.set_xscale("log")
             axis.set_yscale("log")
             # plain numbers; a panel spanning under two decades (most do) has one major tick or
-            # none, so there its minor ticks are labelled too
+            # none, so there its minor ticks are labelled too — all of them within half a decade,
+            # else only 2, 3 and 5 × 10^k (all nine crowd each other over a decade)
             plain = FuncFormatter(lambda value, _: f"{value:.0f}" if value >= 100 else f"{value:.2g}")
+            sparse = FuncFormatter(lambda value, _: plain(value) if _mantissa(value) in (2, 3, 5) else "")
             for log_axis, (low, high) in ((axis.xaxis, axis.get_xlim()), (axis.yaxis, axis.get_ylim())):
                 log_axis.set_major_formatter(plain)
-                log_axis.set_minor_formatter(plain if high < 100 * low else plt.NullFormatter())
+                minor = plt.NullFormatter() if high >= 100 * low else (plain if high < 5 * low else sparse)
+                log_axis.set_minor_formatter(minor)
             axis.tick_params(which="both", labelsize=6)
             axis.set_xlabel("MSE (log)")
             axis.set_ylabel(fd_label, fontsize=8)
