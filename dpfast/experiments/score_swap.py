@@ -1,8 +1,9 @@
 """Is λ = 0's poor showing on images the method's fault or the network's? Swap the score and see.
 
 With the shipped built-in weights and DPS guidance, λ = 1 beats λ = 0 in MSE on every demo
-task, against the method's promise (x̂0 guidance turns that around: docs/RESULTS.md §4). This experiment restores the same measurements (the demo's
-denoising task) with four scores and otherwise identical settings:
+task, against the method's promise (x̂0 guidance turns that around: docs/RESULTS.md §4).
+This experiment restores the same measurements (the DPS-guided demo's denoising task) with
+four scores and otherwise identical settings:
 
 - ``network``: the built-in model;
 - ``gaussian``: the *exact* score of a Gaussian prior N(m, S) fitted on the Fashion-MNIST
