@@ -129,8 +129,15 @@ GUIDANCE_WORKLOAD = shared.Workload(FMNIST, (1, 32, 32), batch=40, steps=4, roun
 
 
 def test_x0_guidance_speed_against_dps(benchmark, request):
-    """One restoration with x̂0 guidance, timed; the DPS-guided one run right before each round."""
+    """One restoration with x̂0 guidance, timed; the DPS-guided one run right before each round.
+    Left out of a run narrowed by DPFAST_BENCH_WORKLOADS / DPFAST_BENCH_PROVIDERS that does not
+    name its workload / eager-fp32 (gpu_check.sh's compile section)."""
     workload = GUIDANCE_WORKLOAD
+    narrowed_workloads = os.environ.get("DPFAST_BENCH_WORKLOADS")
+    narrowed_providers = os.environ.get("DPFAST_BENCH_PROVIDERS")
+    if (narrowed_workloads and workload.name not in narrowed_workloads.split(",")) or (
+            narrowed_providers and "eager-fp32" not in narrowed_providers.split(",")):
+        pytest.skip(f"the run is narrowed to other workloads or providers (its workload: {workload.name}, eager-fp32)")
     model = _model(workload)
     operator = shared.benchmark_operator(workload.image)
     y = shared.measurement(workload, operator, DEVICE)
