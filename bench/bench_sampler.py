@@ -52,6 +52,9 @@ else:
         shared.Workload(FMNIST, (1, 32, 32), batch=16, steps=2, rounds=2),
         shared.Workload(FMNIST, (1, 32, 32), batch=64, steps=2, rounds=2),  # eager-bf16 alone: ~4 min here
     ]
+# x̂0 guidance (guidance="x0": no VJP through the network) against DPS, eager fp32, the demo's
+# network at the demo's batch size (test_x0_guidance_speed_against_dps).
+GUIDANCE_WORKLOAD = shared.Workload(FMNIST, (1, 32, 32), batch=40, steps=4, rounds=5)
 PROVIDERS = [p for p in shared.PROVIDERS if shared.provider_available(p, DEVICE) is None]
 PROVIDERS.remove("compile-bf16")  # the CPU emulates bf16 (minutes per compiled step); on a GPU: select it below
 if DEVICE == "cuda":
@@ -61,10 +64,13 @@ if os.environ.get("DPFAST_BENCH_PROVIDERS"):
     PROVIDERS = shared.parse_providers(os.environ["DPFAST_BENCH_PROVIDERS"], DEVICE, "DPFAST_BENCH_PROVIDERS")
 if os.environ.get("DPFAST_BENCH_WORKLOADS"):
     wanted = os.environ["DPFAST_BENCH_WORKLOADS"].split(",")
-    unknown = sorted(set(wanted) - {w.name for w in WORKLOADS})
+    known = [w.name for w in WORKLOADS] + [GUIDANCE_WORKLOAD.name]
+    unknown = sorted(set(wanted) - set(known))
     if unknown:
-        raise ValueError(f"DPFAST_BENCH_WORKLOADS: {unknown} not among {[w.name for w in WORKLOADS]}")
+        raise ValueError(f"DPFAST_BENCH_WORKLOADS: {unknown} not among {known}")
     WORKLOADS = [w for w in WORKLOADS if w.name in wanted]
+    if GUIDANCE_WORKLOAD.name not in wanted:
+        GUIDANCE_WORKLOAD = None
 
 _MODELS: dict[str, torch.nn.Module] = {}
 _RESULTS: list[dict] = []
@@ -123,21 +129,14 @@ def _print_summary(request):
         report_table(request, shared.summary_table(_RESULTS, DEVICE, timer))
 
 
-# x̂0 guidance (guidance="x0": no VJP through the network) against DPS, eager fp32, the demo's
-# network at the demo's batch size, paired in every round like the table above.
-GUIDANCE_WORKLOAD = shared.Workload(FMNIST, (1, 32, 32), batch=40, steps=4, rounds=5)
-
 
 def test_x0_guidance_speed_against_dps(benchmark, request):
-    """One restoration with x̂0 guidance, timed; the DPS-guided one run right before each round.
-    Left out of a run narrowed by DPFAST_BENCH_WORKLOADS / DPFAST_BENCH_PROVIDERS that does not
-    name its workload / eager-fp32 (gpu_check.sh's compile section)."""
+    """One restoration with x̂0 guidance, timed; the DPS-guided one run right before each round
+    (paired, like the table above). Left out of a run narrowed by DPFAST_BENCH_WORKLOADS /
+    DPFAST_BENCH_PROVIDERS that does not name its workload / eager-fp32 (gpu_check.sh's compile section)."""
     workload = GUIDANCE_WORKLOAD
-    narrowed_workloads = os.environ.get("DPFAST_BENCH_WORKLOADS")
-    narrowed_providers = os.environ.get("DPFAST_BENCH_PROVIDERS")
-    if (narrowed_workloads and workload.name not in narrowed_workloads.split(",")) or (
-            narrowed_providers and "eager-fp32" not in narrowed_providers.split(",")):
-        pytest.skip(f"the run is narrowed to other workloads or providers (its workload: {workload.name}, eager-fp32)")
+    if workload is None or "eager-fp32" not in PROVIDERS:
+        pytest.skip("the run is narrowed to other workloads or providers (this one needs its workload and eager-fp32)")
     model = _model(workload)
     operator = shared.benchmark_operator(workload.image)
     y = shared.measurement(workload, operator, DEVICE)

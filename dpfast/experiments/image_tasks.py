@@ -17,13 +17,14 @@ import numpy as np
 import torch
 
 from dpfast import metrics
-from dpfast.guidance import beta_scaled_zeta
+from dpfast.guidance import GUIDANCE_MODES, beta_scaled_zeta
 from dpfast.models.base import ScoreModel
 from dpfast.operators import GaussianBlur, Identity, Operator, SuperResolution, measure
 from dpfast.sampler import Sampler
 
 ZETA_SCHEDULES = ("beta", "constant")
-TASK_GUIDANCES = ("dps", "x0")  # a restoration task needs the measurement, so not "none"
+# a restoration task needs the measurement, so not "none"
+TASK_GUIDANCES = tuple(mode for mode in GUIDANCE_MODES if mode != "none")
 OPERATORS = {
     "denoise": Identity,
     "deblur": lambda: GaussianBlur(61, 3.0),
