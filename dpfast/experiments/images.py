@@ -45,7 +45,8 @@ file alone (docs/RESULTS.md §4: the full run's file is committed after each ses
 Resuming: every chain is cut into pieces of a few minutes — one step-size choice of a
 search, one block of ``block_images`` test images of a sweep, a DPS draw or a DDIM/deepinv
 run (image i keeps its seed in any block) — stored under ``images.pieces/`` as soon as each
-is done (:class:`~dpfast.experiments.pieces.PieceStore`), and ``images.partial.json`` holds
+is done (:class:`~dpfast.experiments.pieces.PieceStore`), named by what fixes its result (task,
+guidance, the step it ran with), and ``images.partial.json`` holds
 every finished phase's numbers. Started again with the same settings, seed and weights, a
 run reads both back and computes only the rest: a killed run loses at most the piece it
 was in. A task's ``seconds`` (search, sweep and baselines) and ``deepinv_seconds`` add the
@@ -385,9 +386,15 @@ def _sweep_restorations(model, tuned: ImageTask, test, settings: Settings, seed:
     """``(L, N, ...)``: the test images restored at every λ, a block of images per piece."""
     y = tuned.measure(test, seed=seed + TEST_SEED)
     # image i keeps its seed (seed + i) whichever block it is restored in
-    return pieces.in_blocks(f"{tuned.name} sweep", test.shape[0], settings.block_images, dim=1,
+    return pieces.in_blocks(_sweep_piece_name(tuned), test.shape[0], settings.block_images, dim=1,
                             compute=lambda start, stop: traverse_task(model, tuned, y[start:stop], settings.lams,
                                                                       settings.steps, seed=seed + start))
+
+
+def _sweep_piece_name(tuned: ImageTask) -> str:
+    """The sweep's piece name: the task, its guidance and the step chosen per λ, so a sweep
+    stored before a search chose differently (its grid changed) is never read back as this one."""
+    return f"{tuned.name} sweep, {tuned.zeta_text}"
 
 
 def _averaging(model, task: ImageTask, entry: dict, test, settings: Settings, seed: int, progress, pieces: PieceStore,
@@ -404,14 +411,14 @@ def _averaging(model, task: ImageTask, entry: dict, test, settings: Settings, se
     zeta_one = zeta_of_lam[max(settings.lams)]
     tuned = replace(task, zeta=zeta_of_lam)
     draws, first_draw = [], "none: the sweep has no λ = 1"
-    if max(settings.lams) == 1.0 and pieces.has_blocks(f"{tuned.name} sweep", n_images, block):
+    if max(settings.lams) == 1.0 and pieces.has_blocks(_sweep_piece_name(tuned), n_images, block):
         lam_one = list(settings.lams).index(1.0)
         draws, first_draw = [_sweep_restorations(model, tuned, test, settings, seed, pieces)[lam_one]], "the λ sweep's λ = 1 pieces"
     elif max(settings.lams) == 1.0:
         first_draw = "run again: the λ sweep's pieces were gone"
     while len(draws) < max(settings.average_counts):
         draw_seed = seed + AVERAGE_SEED * len(draws)
-        draws.append(pieces.in_blocks(f"{task.name} DPS draw {len(draws)}", n_images, block, compute=lambda start, stop, draw_seed=draw_seed:
+        draws.append(pieces.in_blocks(f"{task.name} DPS draw {len(draws)}, {task.choice_text(zeta_one)}", n_images, block, compute=lambda start, stop, draw_seed=draw_seed:
                                       traverse_task(model, replace(task, zeta=zeta_one), y[start:stop], [1.0], settings.steps,
                                                     seed=draw_seed + start)[0]))
     means = torch.stack([torch.stack(draws[:count]).mean(0) for count in settings.average_counts])
@@ -477,7 +484,7 @@ def _deepinv_series(model, task: ImageTask, test, train, settings: Settings, see
             errors[weight] = float(metrics.mse(trained, train).mean())
         weights.append(min(errors, key=lambda weight: errors[weight] if math.isfinite(errors[weight]) else math.inf))
         # deepinv draws one generator per call: a block's noise comes from seed + its first image
-        restored.append(pieces.in_blocks(f"{task.name} deepinv alpha {alpha:g}", test.shape[0], settings.block_images,
+        restored.append(pieces.in_blocks(f"{task.name} deepinv alpha {alpha:g} weight {weights[-1]:g}", test.shape[0], settings.block_images,
                                          compute=lambda start, stop, alpha=alpha: restore(
                                              y_test[start:stop], alpha, weights[-1], seed + start)))
     rows = [dict(row, alpha=alpha, weight=weight) for row, alpha, weight in

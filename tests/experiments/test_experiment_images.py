@@ -375,6 +375,29 @@ def test_blocks_of_test_images_restore_what_one_batch_restores(tmp_path):
             assert row["mse"] == pytest.approx(reference["mse"], rel=tolerance), (series, row, reference)
 
 
+def test_a_sweep_stored_with_other_steps_is_not_read_back(tmp_path, monkeypatch):
+    """A sweep's pieces are named by the step chosen per λ: one stored before the search chose
+    differently (its grid changed under the same run key) is recomputed, the same steps read back."""
+    from dpfast.experiments.pieces import PieceStore
+
+    runs = []
+
+    def traverse(model, tuned, y, lams, steps, seed):
+        runs.append(tuned.zeta)
+        return torch.full((len(lams), *y.shape), float(len(runs)))
+
+    monkeypatch.setattr(images, "traverse_task", traverse)
+    pieces = PieceStore(tmp_path, "key", log=lambda line: None)
+    test = torch.zeros(2, 1, 28, 28)
+    chosen = replace(images.TASKS[0], zeta={0.0: ("beta", 10.0), 1.0: ("constant", 1.0)})
+    rechosen = replace(chosen, zeta={0.0: ("beta", 20.0), 1.0: ("constant", 1.0)})
+    first = images._sweep_restorations(None, chosen, test, images.QUICK, 0, pieces)
+    again = images._sweep_restorations(None, chosen, test, images.QUICK, 0, pieces)
+    other = images._sweep_restorations(None, rechosen, test, images.QUICK, 0, pieces)
+    assert runs == [chosen.zeta, rechosen.zeta]
+    assert torch.equal(again, first) and not torch.equal(other, first)
+
+
 STALE = json.dumps({"key": {"settings": {}, "seed": 0, "model_sha256": "0"}, "tasks": {images.TASKS[0].name: {"lam_sweep": []}}})
 
 
