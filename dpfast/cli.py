@@ -76,10 +76,34 @@ def check_writable(path: Path, flag: str = "-o") -> None:
         raise ValueError(f"{flag} {str(path)!r} cannot be written: {error.strerror or error} in {str(existing)!r}") from error
 
 
+def parse_zeta(text: str) -> float | dict[float, float]:
+    """``--zeta``: one number, or ``LAM:VALUE`` pairs (``"0:320,1:160"``) the sampler interpolates in λ."""
+    def number(flag: str, value: str) -> float:
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{flag} must be a number, or LAM:VALUE pairs such as 0:320,1:160; got {text!r}") from None
+
+    if ":" not in text:
+        return validation.check_number("--zeta", number("--zeta", text), 0.0)
+    pairs = {}
+    for part in text.split(","):
+        lam_text, _, value_text = part.partition(":")
+        lam = validation.check_lam(number("--zeta", lam_text), f"--zeta's λ in {part.strip()!r}")
+        if lam in pairs:
+            raise ValueError(f"--zeta names λ {lam:g} twice in {text!r}")
+        pairs[lam] = validation.check_number(f"--zeta's value at λ {lam:g}", number("--zeta", value_text), 0.0)
+    return pairs
+
+
 def _sampler(args, model, operator):
+    from dpfast.guidance import beta_scaled_zeta
     from dpfast.sampler import Sampler
 
-    options = dict(steps=args.steps, zeta=args.zeta, guidance=args.guidance, progress=not args.quiet)
+    zeta = parse_zeta(args.zeta)
+    if args.zeta_schedule == "beta":
+        zeta = beta_scaled_zeta(zeta, model.schedule, args.steps)
+    options = dict(steps=args.steps, zeta=zeta, guidance=args.guidance, progress=not args.quiet)
     if args.dtype != "float32":
         options["dtype"] = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
     return Sampler(model, operator, mode=args.mode, **options)
@@ -178,15 +202,19 @@ def cmd_restore(args) -> int:
     return 0
 
 
+def parse_lams(text: str) -> list[float]:
+    """``--lams``: comma-separated λ values in [0, 1]."""
+    try:
+        return validation.check_lams([float(value) for value in text.split(",")], "--lams")
+    except ValueError as error:
+        raise ValueError(f"--lams must be comma-separated numbers in [0, 1], got {text!r} ({error})") from error
+
+
 def cmd_traverse(args) -> int:
     from dpfast.image_io import collect_inputs, save_grid
-    from dpfast.validation import check_lams
 
     (path,) = collect_inputs([args.image])
-    try:
-        lams = check_lams([float(value) for value in args.lams.split(",")], "--lams")
-    except ValueError as error:
-        raise ValueError(f"--lams must be comma-separated numbers in [0, 1], got {args.lams!r} ({error})") from error
+    lams = parse_lams(args.lams)
     output = Path(args.output)
     if output.is_dir():
         raise ValueError(f"-o {args.output!r} is a folder; traverse writes one PNG file")
@@ -215,7 +243,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=TASKS, default="denoise", help="measurement operator (default denoise)")
     parser.add_argument("--sigma-n", type=float, default=0.05, help="measurement noise std in [-1,1] units (default 0.05)")
     parser.add_argument("--steps", type=int, default=1000, help="reverse steps (default 1000)")
-    parser.add_argument("--zeta", type=float, default=1.0, help="guidance step size (default 1.0)")
+    parser.add_argument("--zeta", default="1.0",
+                        help="guidance step size ζ (default 1.0): a number, or LAM:VALUE pairs such as 0:320,1:160 "
+                             "(interpolated in λ: the deterministic end often needs another step than λ = 1)")
+    parser.add_argument("--zeta-schedule", choices=("constant", "beta"), default="constant",
+                        help="constant (default): ζ at every step; beta: --zeta is the scale c of the β-scaled step "
+                             "ζ_k = c·β_k/√(1−β_k), strong early and weak late (the built-in model's demo uses it for "
+                             "denoising and SR, c 40–80; dpfast.guidance.beta_scaled_zeta)")
     parser.add_argument("--guidance", choices=("dps", "x0"), default="dps",
                         help="dps (default): the gradient through the network; x0: with respect to x̂0 only, no network "
                              "VJP (about 2× faster; with the built-in model the lower-MSE λ = 0 end, docs/RESULTS.md §4)")
@@ -242,9 +276,16 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def check_arguments(args) -> None:
     """Reject out-of-range numbers by their flag before any model is loaded or file written."""
     if args.command == "restore":
-        validation.check_lam(args.lam, "--lam")
+        flag, lams = "--lam", [validation.check_lam(args.lam, "--lam")]
+    else:
+        flag, lams = "--lams", parse_lams(args.lams)
     validation.check_number("--sigma-n", args.sigma_n, 0.0)
-    validation.check_number("--zeta", args.zeta, 0.0)
+    zeta = parse_zeta(args.zeta)
+    if isinstance(zeta, dict):
+        outside = [lam for lam in lams if not min(zeta) <= lam <= max(zeta)]
+        if outside:
+            raise ValueError(f"--zeta's pairs cover λ in [{min(zeta):g}, {max(zeta):g}]; {flag} asks for "
+                             + ", ".join(f"{lam:g}" for lam in outside))
     validation.check_positive_int("--steps", args.steps)  # its upper end (the model's T) is checked by the sampler
     if args.threads is not None:
         validation.check_positive_int("--threads", args.threads)

@@ -12,6 +12,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from dpfast.cli import image_seed, main
+from dpfast.guidance import beta_scaled_zeta
 from dpfast.models.adm import ADMScoreModel
 
 STEPS = "3"
@@ -85,6 +86,10 @@ def test_traverse_writes_a_strip(tmp_path, image_folder, checkpoint):
         (lambda d: d, ["--lam", "1.5"], r"--lam must lie in \[0.0, 1.0\], got 1.5"),
         (lambda d: d, ["--sigma-n", "-0.1"], r"--sigma-n must lie in \[0.0, inf\], got -0.1"),
         (lambda d: d, ["--zeta", "nan"], "--zeta must be finite, got nan"),
+        (lambda d: d, ["--zeta", "big"], "--zeta must be a number, or LAM:VALUE pairs such as 0:320,1:160; got 'big'"),
+        (lambda d: d, ["--zeta", "0:3,2:1"], r"--zeta's λ in '2:1' must lie in \[0.0, 1.0\], got 2.0"),
+        (lambda d: d, ["--zeta", "0:3,1:-1"], r"--zeta's value at λ 1 must lie in \[0.0, inf\], got -1.0"),
+        (lambda d: d, ["--zeta", "0.5:3,0.75:1", "--lam", "0"], r"--zeta's pairs cover λ in \[0.5, 0.75\]; --lam asks for 0$"),
         (lambda d: d, ["--steps", "0"], r"--steps must lie in \[1, inf\], got 0"),
         (lambda d: d, ["--threads", "0"], r"--threads must lie in \[1, inf\], got 0"),
         (lambda d: d / "missing.png", [], "does not exist"),
@@ -95,7 +100,7 @@ def test_traverse_writes_a_strip(tmp_path, image_folder, checkpoint):
         (lambda d: d, ["--task", "sr", "--factor", "0"], r"--factor must lie in \[1, inf\], got 0"),
         (lambda d: d, ["--task", "inpaint", "--box", "0"], r"--box must lie in \[1, inf\], got 0"),
     ],
-    ids=["lam-out-of-range", "negative-sigma-n", "nan-zeta", "zero-steps", "zero-threads", "missing-file", "empty-folder",
+    ids=["lam-out-of-range", "negative-sigma-n", "nan-zeta", "word-zeta", "zeta-lam-out-of-range", "negative-zeta-pair", "zeta-pairs-miss-lam", "zero-steps", "zero-threads", "missing-file", "empty-folder",
          "truncated-image", "wrong-size", "even-blur-size", "zero-factor", "zero-box"],
 )
 def test_bad_input_is_a_clean_error_and_writes_nothing(tmp_path, image_folder, checkpoint, make_input, extra, message, capsys):
@@ -159,6 +164,27 @@ def test_the_guidance_flag_reaches_the_sampler(checkpoint, flags, guidance):
                                       "builtin-fmnist", "--device", "cpu", *flags])
     model = _load(args)
     assert _sampler(args, model, build_operator(args.task, tuple(model.image_shape), args)).guidance == guidance
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ([], lambda schedule, steps: {0.0: 1.0, 0.5: 1.0, 1.0: 1.0}),
+    (["--zeta", "0:3,1:1"], lambda schedule, steps: {0.0: 3.0, 0.5: 2.0, 1.0: 1.0}),
+    (["--zeta", "0:40,1:80", "--zeta-schedule", "beta"],
+     lambda schedule, steps: {lam: beta_scaled_zeta(40.0 + 40.0 * lam, schedule, steps)(lam) for lam in (0.0, 0.5, 1.0)}),
+], ids=["default", "pairs", "beta-pairs"])
+def test_the_zeta_flags_reach_the_sampler(checkpoint, flags, expected):
+    """--zeta's λ:value pairs are interpolated in λ; --zeta-schedule beta makes them the β-scaled step's scale c."""
+    from dpfast.cli import _load, _sampler, build_operator, build_parser
+    from dpfast.guidance import zeta_table
+
+    args = build_parser().parse_args(["traverse", "x.png", "-o", "strip.png", "--model", str(checkpoint), "--config",
+                                      "builtin-fmnist", "--device", "cpu", "--steps", "20", *flags])
+    model = _load(args)
+    sampler = _sampler(args, model, build_operator(args.task, tuple(model.image_shape), args))
+    table = zeta_table(sampler.zeta, [0.0, 0.5, 1.0], 20)
+    for column, (lam, zeta) in enumerate(expected(model.schedule, 20).items()):
+        # table rows run from the last step to the first; a per-step sequence is in execution order
+        np.testing.assert_allclose(table[::-1, column], np.broadcast_to(zeta, (20,)), rtol=1e-12, err_msg=f"λ {lam}")
 
 
 def test_an_unknown_guidance_flag_names_the_choices(capsys):
