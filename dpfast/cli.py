@@ -78,21 +78,23 @@ def check_writable(path: Path, flag: str = "-o") -> None:
 
 def parse_zeta(text: str) -> float | dict[float, float]:
     """``--zeta``: one number, or ``LAM:VALUE`` pairs (``"0:320,1:160"``) the sampler interpolates in λ."""
-    def number(flag: str, value: str) -> float:
+    def number(value: str, where: str) -> float:
         try:
-            return float(value)
+            return float(value) + 0.0  # + 0.0: "-0" reads as 0
         except ValueError:
-            raise ValueError(f"{flag} must be a number, or LAM:VALUE pairs such as 0:320,1:160; got {text!r}") from None
+            raise ValueError(f"--zeta must be a number, or LAM:VALUE pairs such as 0:320,1:160; got {text!r}"
+                             f"{where}") from None
 
     if ":" not in text:
-        return validation.check_number("--zeta", number("--zeta", text), 0.0)
+        return validation.check_number("--zeta", number(text, ""), 0.0)
     pairs = {}
     for part in text.split(","):
+        where = f" (its part {part.strip()!r} is not LAM:VALUE)"
         lam_text, _, value_text = part.partition(":")
-        lam = validation.check_lam(number("--zeta", lam_text), f"--zeta's λ in {part.strip()!r}")
+        lam = validation.check_lam(number(lam_text, where), f"--zeta's λ in {part.strip()!r}")
         if lam in pairs:
             raise ValueError(f"--zeta names λ {lam:g} twice in {text!r}")
-        pairs[lam] = validation.check_number(f"--zeta's value at λ {lam:g}", number("--zeta", value_text), 0.0)
+        pairs[lam] = validation.check_number(f"--zeta's value at λ {lam:g}", number(value_text, where), 0.0)
     return pairs
 
 
@@ -248,8 +250,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                              "(interpolated in λ: the deterministic end often needs another step than λ = 1)")
     parser.add_argument("--zeta-schedule", choices=("constant", "beta"), default="constant",
                         help="constant (default): ζ at every step; beta: --zeta is the scale c of the β-scaled step "
-                             "ζ_k = c·β_k/√(1−β_k), strong early and weak late (the built-in model's demo uses it for "
-                             "denoising and SR, c 40–80; dpfast.guidance.beta_scaled_zeta)")
+                             "ζ_k = c·β'_k/√(1−β'_k), β'_k the noise schedule respaced to --steps: strong early, weak "
+                             "late (the built-in model's demo uses it for denoising and SR, c 40–80; "
+                             "dpfast.guidance.beta_scaled_zeta)")
     parser.add_argument("--guidance", choices=("dps", "x0"), default="dps",
                         help="dps (default): the gradient through the network; x0: with respect to x̂0 only, no network "
                              "VJP (about 2× faster; with the built-in model the lower-MSE λ = 0 end, docs/RESULTS.md §4)")

@@ -90,6 +90,7 @@ def test_traverse_writes_a_strip(tmp_path, image_folder, checkpoint):
         (lambda d: d, ["--zeta", "0:3,2:1"], r"--zeta's λ in '2:1' must lie in \[0.0, 1.0\], got 2.0"),
         (lambda d: d, ["--zeta", "0:3,1:-1"], r"--zeta's value at λ 1 must lie in \[0.0, inf\], got -1.0"),
         (lambda d: d, ["--zeta", "0.5:3,0.75:1", "--lam", "0"], r"--zeta's pairs cover λ in \[0.5, 0.75\]; --lam asks for 0$"),
+        (lambda d: d, ["--zeta", "0:3,"], r"--zeta must be a number, .* got '0:3,' \(its part '' is not LAM:VALUE\)"),
         (lambda d: d, ["--steps", "0"], r"--steps must lie in \[1, inf\], got 0"),
         (lambda d: d, ["--threads", "0"], r"--threads must lie in \[1, inf\], got 0"),
         (lambda d: d / "missing.png", [], "does not exist"),
@@ -100,7 +101,7 @@ def test_traverse_writes_a_strip(tmp_path, image_folder, checkpoint):
         (lambda d: d, ["--task", "sr", "--factor", "0"], r"--factor must lie in \[1, inf\], got 0"),
         (lambda d: d, ["--task", "inpaint", "--box", "0"], r"--box must lie in \[1, inf\], got 0"),
     ],
-    ids=["lam-out-of-range", "negative-sigma-n", "nan-zeta", "word-zeta", "zeta-lam-out-of-range", "negative-zeta-pair", "zeta-pairs-miss-lam", "zero-steps", "zero-threads", "missing-file", "empty-folder",
+    ids=["lam-out-of-range", "negative-sigma-n", "nan-zeta", "word-zeta", "zeta-lam-out-of-range", "negative-zeta-pair", "zeta-pairs-miss-lam", "zeta-trailing-comma", "zero-steps", "zero-threads", "missing-file", "empty-folder",
          "truncated-image", "wrong-size", "even-blur-size", "zero-factor", "zero-box"],
 )
 def test_bad_input_is_a_clean_error_and_writes_nothing(tmp_path, image_folder, checkpoint, make_input, extra, message, capsys):
@@ -185,6 +186,14 @@ def test_the_zeta_flags_reach_the_sampler(checkpoint, flags, expected):
     for column, (lam, zeta) in enumerate(expected(model.schedule, 20).items()):
         # table rows run from the last step to the first; a per-step sequence is in execution order
         np.testing.assert_allclose(table[::-1, column], np.broadcast_to(zeta, (20,)), rtol=1e-12, err_msg=f"λ {lam}")
+
+
+def test_traverse_checks_that_the_zeta_pairs_cover_its_lams(tmp_path, image_folder, checkpoint, capsys):
+    code = main(["traverse", str(image_folder / "img0.png"), "-o", str(tmp_path / "strip.png"), "--model", str(checkpoint),
+                 "--config", "builtin-fmnist", "--steps", STEPS, "--degrade", "--quiet", "--zeta", "0:3,0.5:1", "--lams", "0,0.5,1"])
+    error = capsys.readouterr().err
+    assert code == 2 and "--zeta's pairs cover λ in [0, 0.5]; --lams asks for 1" in error, error
+    assert not (tmp_path / "strip.png").exists()
 
 
 def test_an_unknown_guidance_flag_names_the_choices(capsys):

@@ -393,7 +393,8 @@ def _sweep_restorations(model, tuned: ImageTask, test, settings: Settings, seed:
 
 def _sweep_piece_name(tuned: ImageTask) -> str:
     """The sweep's piece name: the task, its guidance and the step chosen per λ, so a sweep
-    stored before a search chose differently (its grid changed) is never read back as this one."""
+    stored before a search chose differently (its grid changed) is never read back as this one
+    (steps are written with 6 significant digits: choices closer than that share a name)."""
     return f"{tuned.name} sweep, {tuned.zeta_text}"
 
 
