@@ -102,6 +102,8 @@ def _sampler(args, model, operator):
     from dpfast.guidance import beta_scaled_zeta
     from dpfast.sampler import Sampler
 
+    if args.steps > model.schedule.num_timesteps:
+        raise ValueError(f"--steps must be between 1 and the model's T = {model.schedule.num_timesteps}, got {args.steps}")
     zeta = parse_zeta(args.zeta)
     if args.zeta_schedule == "beta":
         zeta = beta_scaled_zeta(zeta, model.schedule, args.steps)
@@ -289,7 +291,7 @@ def check_arguments(args) -> None:
         if outside:
             raise ValueError(f"--zeta's pairs cover λ in [{min(zeta):g}, {max(zeta):g}]; {flag} asks for "
                              + ", ".join(f"{lam:g}" for lam in outside))
-    validation.check_positive_int("--steps", args.steps)  # its upper end (the model's T) is checked by the sampler
+    validation.check_positive_int("--steps", args.steps)  # its upper end (the model's T) is checked once it is loaded
     if args.threads is not None:
         validation.check_positive_int("--threads", args.threads)
     # the operator's own flags, for the task that reads them (the model's size is checked once it is loaded)

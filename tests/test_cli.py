@@ -92,6 +92,7 @@ def test_traverse_writes_a_strip(tmp_path, image_folder, checkpoint):
         (lambda d: d, ["--zeta", "0.5:3,0.75:1", "--lam", "0"], r"--zeta's pairs cover λ in \[0.5, 0.75\]; --lam asks for 0$"),
         (lambda d: d, ["--zeta", "0:3,"], r"--zeta must be a number, .* got '0:3,' \(its part '' is not LAM:VALUE\)"),
         (lambda d: d, ["--steps", "0"], r"--steps must lie in \[1, inf\], got 0"),
+        (lambda d: d, ["--steps", "1001", "--zeta-schedule", "beta"], r"--steps must be between 1 and the model's T = 1000, got 1001"),
         (lambda d: d, ["--threads", "0"], r"--threads must lie in \[1, inf\], got 0"),
         (lambda d: d / "missing.png", [], "does not exist"),
         (lambda d: (d / "empty").mkdir() or d / "empty", [], "holds no"),
@@ -101,7 +102,7 @@ def test_traverse_writes_a_strip(tmp_path, image_folder, checkpoint):
         (lambda d: d, ["--task", "sr", "--factor", "0"], r"--factor must lie in \[1, inf\], got 0"),
         (lambda d: d, ["--task", "inpaint", "--box", "0"], r"--box must lie in \[1, inf\], got 0"),
     ],
-    ids=["lam-out-of-range", "negative-sigma-n", "nan-zeta", "word-zeta", "zeta-lam-out-of-range", "negative-zeta-pair", "zeta-pairs-miss-lam", "zeta-trailing-comma", "zero-steps", "zero-threads", "missing-file", "empty-folder",
+    ids=["lam-out-of-range", "negative-sigma-n", "nan-zeta", "word-zeta", "zeta-lam-out-of-range", "negative-zeta-pair", "zeta-pairs-miss-lam", "zeta-trailing-comma", "zero-steps", "steps-above-T", "zero-threads", "missing-file", "empty-folder",
          "truncated-image", "wrong-size", "even-blur-size", "zero-factor", "zero-box"],
 )
 def test_bad_input_is_a_clean_error_and_writes_nothing(tmp_path, image_folder, checkpoint, make_input, extra, message, capsys):
