@@ -129,7 +129,6 @@ def _print_summary(request):
         report_table(request, shared.summary_table(_RESULTS, DEVICE, timer))
 
 
-
 def test_x0_guidance_speed_against_dps(benchmark, request):
     """One restoration with x̂0 guidance, timed; the DPS-guided one run right before each round
     (paired, like the table above). Left out of a run narrowed by DPFAST_BENCH_WORKLOADS /

@@ -20,6 +20,7 @@ import dpfast.sampler as sampler_module
 from dpfast.data import load_demo_images
 from dpfast.demo import DEMO_TASKS, DPS_DEMO_TASKS
 from dpfast.experiments.image_tasks import dp_rows, traverse_task
+from dpfast.guidance import zeta_table
 from dpfast.models.loading import load_builtin
 
 LAMS = (0.0, 0.5, 1.0)
@@ -35,13 +36,6 @@ def blended_update(x_prime, data_grad, network_vjp, residual, zeta, row, backend
     return (1 - weight) * x0_guided + weight * dps_guided
 
 
-def zeta_at(zeta, lam: float) -> float:
-    if isinstance(zeta, dict):
-        keys = sorted(zeta)
-        return float(np.interp(lam, keys, [zeta[key] for key in keys]))
-    return float(zeta)
-
-
 def main(steps: int = 60, images: int = 8, seed: int = 0) -> None:
     sampler_module.dps_update = blended_update
     model = load_builtin()
@@ -53,8 +47,9 @@ def main(steps: int = 60, images: int = 8, seed: int = 0) -> None:
         started = time.perf_counter()
         y = x0_task.measure(truth, seed=seed)
         blend["w"] = torch.tensor([w for _, w in combos], dtype=torch.float32).repeat_interleave(images)
-        blend["ratio"] = torch.tensor([zeta_at(dps_task.zeta, lam) / zeta_at(x0_task.zeta, lam) for lam in lams],
-                                      dtype=torch.float32).repeat_interleave(images)
+        # both tasks' ζ are numbers or λ → number mappings: one table row gives the value at each λ
+        ratio = zeta_table(dps_task.zeta, lams, 1)[0] / zeta_table(x0_task.zeta, lams, 1)[0]
+        blend["ratio"] = torch.tensor(ratio, dtype=torch.float32).repeat_interleave(images)
         # guidance="dps" so the sampler runs the network VJP the DPS half needs; ζ is the x̂0 task's
         restored = traverse_task(model, replace(x0_task, guidance="dps"), y, lams, steps, seed=seed)
         rows = dp_rows(truth, restored, lams)
