@@ -34,7 +34,13 @@
 # images.partial.json after every phase of every task (all λ sweeps, DPS then x̂0-guided, then the baselines);
 # DPFAST_GPU_IMAGES_FROM=DIR (holding an earlier run's images.partial.json) carries on from
 # there, so a run cut by the deadline loses one phase of one task. Its stored chain pieces
-# (images.pieces/, tens of MB) are left out of the returned archive.
+# (images.pieces/, tens of MB) are left out of the returned archive; the pieces it computed
+# come back beside it as images_pieces.tar.part-* (15 MiB each, at most 4: join with cat,
+# untar into the run's folder) so that a cut phase's finished blocks carry on elsewhere.
+# DPFAST_GPU_IMAGES_PIECES_FROM=DIR (a folder of an earlier run's pieces, laid out as
+# images.pieces/ is) starts from those: a phase that reuses another's chains (averaging
+# takes the λ sweep's λ = 1 draw) then does not recompute them. DPFAST_GPU_IMAGES_TEST=0
+# leaves out the small CUDA images test (for a second call on a warm machine).
 # deepinv's baselines need its wheel (and natsort's) carried in .data/wheels (see "install").
 # bench/gpu_carry.sh builds both .data folders on a fresh machine.
 set -uo pipefail
@@ -230,7 +236,14 @@ if wanted images_full; then
     if [ -n "${DPFAST_GPU_IMAGES_FROM:-}" ] && [ -f "$DPFAST_GPU_IMAGES_FROM/images.partial.json" ]; then
       cp "$DPFAST_GPU_IMAGES_FROM/images.partial.json" "$RESULTS/images/" && echo "carrying on from $DPFAST_GPU_IMAGES_FROM"
     fi
-    timed images_test 120 "$PYTHON" -m pytest tests/experiments/test_experiment_images.py -q -rs -p no:cacheprovider -k cuda
+    if [ -n "${DPFAST_GPU_IMAGES_PIECES_FROM:-}" ]; then
+      mkdir -p "$RESULTS/images/images.pieces" && cp -rn "$DPFAST_GPU_IMAGES_PIECES_FROM"/. "$RESULTS/images/images.pieces/" \
+        && echo "pieces from $DPFAST_GPU_IMAGES_PIECES_FROM: $(find "$RESULTS/images/images.pieces" -name '*.pt' | wc -l) stored"
+    fi
+    touch "$RESULTS/images_started"  # the pieces newer than this were computed here
+    if [ "${DPFAST_GPU_IMAGES_TEST:-1}" != 0 ]; then
+      timed images_test 120 "$PYTHON" -m pytest tests/experiments/test_experiment_images.py -q -rs -p no:cacheprovider -k cuda
+    fi
     timed images_full 900 "$PYTHON" -m dpfast.experiments images --device cuda -o "$RESULTS/images" >"$RESULTS/images.log" 2>&1
     grep -E "^\[images\]|done in" "$RESULTS/images.log" | tail -n 30
   else
@@ -260,6 +273,12 @@ if [ -n "${OUT:-}" ] && [ "$OUT" != "$RESULTS" ]; then
   tar czf "$OUT/gpu_check.tar.gz" -C "$RESULTS" --exclude=checkpoint.pt --exclude=images.pieces .
   if [ -f "$TRAIN_DIR/checkpoint.pt" ]; then
     split -b 15M "$TRAIN_DIR/checkpoint.pt" "$OUT/checkpoint.pt.part-"
+  fi
+  if [ -f "$RESULTS/images_started" ] && [ -d "$RESULTS/images/images.pieces" ]; then
+    (cd "$RESULTS/images/images.pieces" && find . -name '*.pt' -newer "$RESULTS/images_started" -print0 \
+      | tar cf - --null -T - | split -b 15M - "$OUT/images_pieces.tar.part-")
+    parts=$(ls "$OUT"/images_pieces.tar.part-* 2>/dev/null | wc -l)
+    [ "$parts" -le 4 ] || echo "images pieces: $parts parts of 15 MiB, more than come back (4 fit beside the archive)"
   fi
   ls -la "$OUT"
 fi

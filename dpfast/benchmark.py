@@ -324,7 +324,9 @@ def run_provider(workload: Workload, provider: str, device, model=None, log: Cal
 def peak_memory(run: Callable, device) -> int | None:
     """Peak memory of one more call of ``run``, what was already held included.
 
-    On CUDA, the memory torch allocated (weights and static buffers included). On a Linux
+    On CUDA, the memory torch allocated (weights and static buffers included; not the
+    private pool of a captured CUDA graph, whose intermediates the allocator never sees
+    as allocated during a replay). On a Linux
     CPU, the process's peak resident set during the call (:func:`resident_peak`): the
     interpreter, libraries and weights included, and memory the C allocator kept from
     earlier work in the process (a later, smaller workload can reuse it without showing
@@ -429,7 +431,9 @@ def summary_table(rows: Sequence[dict], device, timer: str = "time.perf_counter"
                   + ("; float32 in TF32, as cuDNN's convolutions run it" if tf32 else "") + "): "
                   + ", ".join(f"{precision} {rate / 1e12:.3g} TFLOP/s" for precision, rate in ceilings)]
     if any(r.get("peak_bytes") is not None for r in rows):
-        lines += ["", "peak MiB: " + ("CUDA memory torch allocated during one restoration, weights and buffers included"
+        lines += ["", "peak MiB: " + ("CUDA memory torch allocated during one restoration, weights and buffers included; "
+                                      "cudagraph rows leave out the captured graph's private pool (reserved at "
+                                      "capture, reused by every replay, never counted as allocated)"
                                       if torch.device(device).type == "cuda" else
                                       "the process's peak resident set during one restoration (VmHWM), interpreter, "
                                       "libraries, weights and memory kept from earlier rows of this process included")]
