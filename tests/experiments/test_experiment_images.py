@@ -414,16 +414,46 @@ def test_a_partial_file_from_other_settings_or_broken_is_not_reused(tmp_path, mo
     assert message in capsys.readouterr().out
 
 
+# TF32's rounding (10 mantissa bits), the scale of the relative error of the GPU's float32 convolutions
+TF32_ROUNDING = 2.0**-11
+
+
+def assert_lands_near(cpu_task: dict, other_task: dict, perturbed_tasks: list[dict]) -> None:
+    """``other_task`` (the same quick run elsewhere) lands near ``cpu_task``: the DPS-guided series
+    within 10 % in MSE; the x̂0-guided rows within [½ min, 2 max] of the MSEs of ``cpu_task`` and of
+    ``perturbed_tasks`` (CPU runs with the network output perturbed at ``TF32_ROUNDING``) that
+    chose the same x̂0 steps. The quick x̂0 chains (8 steps, deterministic at λ = 0) are chaotic at
+    rounding scale: on this CPU such a perturbation moved λ = 0's MSE from 0.0125 to 0.0029–0.0045
+    (four seeds, 2026-11-29), and the H200 gave 0.0038 — a 10 % bound failed on it."""
+    assert other_task["zeta"] == cpu_task["zeta"]
+    assert other_task["x0_zeta"] == cpu_task["x0_zeta"]
+    for series in ("lam_sweep", "averaging", "ddim"):
+        for cpu_row, other_row in zip(cpu_task[series], other_task[series], strict=True):
+            assert other_row["mse"] == pytest.approx(cpu_row["mse"], rel=0.1), (series, cpu_row, other_row)
+    alike = [task for task in perturbed_tasks if task["x0_zeta"] == cpu_task["x0_zeta"]]
+    assert alike, "no perturbed CPU run chose the unperturbed run's x̂0 steps"
+    for index, other_row in enumerate(other_task["x0_lam_sweep"]):
+        spread = [task["x0_lam_sweep"][index]["mse"] for task in [cpu_task, *alike]]
+        assert min(spread) / 2 <= other_row["mse"] <= 2 * max(spread), (other_row, spread)
+
+
+def perturbed_quick_tasks(tmp_path: Path, seeds=(1, 2, 3)) -> list[dict]:
+    from dpfast.experiments.sensitivity import PerturbedScore
+    from dpfast.models.loading import load_builtin
+
+    model = load_builtin()
+    return [next(iter(images.run(tmp_path / f"perturbed_{seed}", quick=True,
+                                 model=PerturbedScore(model, TF32_ROUNDING, seed=seed))["tasks"].values()))
+            for seed in seeds]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_quick_run_on_cuda_chooses_the_same_steps_and_lands_near_the_cpu_run(quick_run, tmp_path):
-    """The GPU path of the full run (bench/gpu_check.sh, images_full): same choices, MSE within 10 %
-    (TF32 convolutions and the chains' amplification of rounding keep it from being exact)."""
+    """The GPU path of the full run (bench/gpu_check.sh, images_full): the same choices, and numbers
+    near the CPU's as :func:`assert_lands_near` sets out (TF32 convolutions and the chains'
+    amplification of rounding keep them from being exact)."""
     _, cpu = quick_run
-    gpu = images.run(tmp_path, quick=True, device="cuda")
+    gpu = images.run(tmp_path / "cuda", quick=True, device="cuda")
     assert "--device cuda" in gpu["meta"]["command"] and "CUDA" in gpu["meta"]["device"]
     (cpu_task,), (gpu_task,) = cpu["tasks"].values(), gpu["tasks"].values()
-    assert gpu_task["zeta"] == cpu_task["zeta"]
-    assert gpu_task["x0_zeta"] == cpu_task["x0_zeta"]
-    for series in ("lam_sweep", "x0_lam_sweep", "averaging", "ddim"):
-        for cpu_row, gpu_row in zip(cpu_task[series], gpu_task[series], strict=True):
-            assert gpu_row["mse"] == pytest.approx(cpu_row["mse"], rel=0.1), (series, cpu_row, gpu_row)
+    assert_lands_near(cpu_task, gpu_task, perturbed_quick_tasks(tmp_path))
