@@ -271,10 +271,13 @@ def test_prepared_eager_sampler_gives_the_same_restorations():
 
 
 # --------------------------------------------------------------------- cudagraph
-def test_static_buffer_step_that_a_cuda_graph_replays_equals_eager_restoration_on_the_cpu():
+@pytest.mark.parametrize("guidance", ["dps", "x0"])
+def test_static_buffer_step_that_a_cuda_graph_replays_equals_eager_restoration_on_the_cpu(guidance):
     """What ``mode="cudagraph"`` captures — one step on static buffers, the step id in a
     tensor that selects the row, timestep and ζ with index_select and counts itself down,
-    noise always drawn (scaled by 0 at λ = 0) — run here step by step without capture."""
+    noise always drawn (scaled by 0 at λ = 0) — run here step by step without capture,
+    with both guidances (x̂0 guidance's restorations on an H200 once looked far from the
+    CPU's; the cause was rounding: tests/experiments/test_experiment_images.py)."""
     from functools import partial
 
     from dpfast.guidance import autograd_vjp
@@ -282,7 +285,8 @@ def test_static_buffer_step_that_a_cuda_graph_replays_equals_eager_restoration_o
     from dpfast.sampler import _CapturedStep, _indexed_step
 
     steps = 5
-    sampler = Sampler(ToyConvScore(IMAGE, hidden=8, learned_variance=True), OPERATOR, steps=steps, zeta=0.7)
+    model = ToyConvScore(IMAGE, hidden=8, learned_variance=guidance == "dps")
+    sampler = Sampler(model, OPERATOR, steps=steps, zeta=0.7, guidance=guidance)
     y = _measurement(OPERATOR)
     static = _CapturedStep(
         partial(_indexed_step, sampler, vjp=autograd_vjp), BATCH, IMAGE, tuple(y.shape[1:]), steps, torch.device("cpu")
@@ -297,13 +301,14 @@ def test_static_buffer_step_that_a_cuda_graph_replays_equals_eager_restoration_o
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-def test_cudagraph_replays_match_eager_and_allocate_static_buffers_once():
-    model = ToyConvScore((3, 16, 16), hidden=16, learned_variance=True).cuda()
+@pytest.mark.parametrize("guidance", ["dps", "x0"])
+def test_cudagraph_replays_match_eager_and_allocate_static_buffers_once(guidance):
+    model = ToyConvScore((3, 16, 16), hidden=16, learned_variance=guidance == "dps").cuda()
     operator = GaussianBlur(9, 1.5)
     y = _measurement(operator, batch=4, image=(3, 16, 16)).cuda()
-    graphed = Sampler(model, operator, steps=8, mode="cudagraph").prepare(4)
+    graphed = Sampler(model, operator, steps=8, mode="cudagraph", guidance=guidance).prepare(4)
     assert graphed.static_allocations == 1 and graphed.last_capture_seconds > 0
-    eager = Sampler(model, operator, steps=8)
+    eager = Sampler(model, operator, steps=8, guidance=guidance)
     for call in range(10):
         lam = call / 9
         got = graphed.restore(y, lam=lam, seed=call)
