@@ -182,8 +182,8 @@ if wanted sanitizer; then
 fi
 
 if wanted sampler_tests; then
-  section "sampler on CUDA (cudagraph equals eager; bf16 over 1000 steps finite, near fp32, flat memory)"
-  timed sampler_tests 150 "$PYTHON" -m pytest tests/test_sampler_modes.py -q -rs -p no:cacheprovider -k cudagraph
+  section "sampler on CUDA (cudagraph equals eager, DPS and x̂0; bf16 over 1000 steps finite, near fp32, flat memory; graph pool in the peak)"
+  timed sampler_tests 150 "$PYTHON" -m pytest tests/test_sampler_modes.py tests/test_benchmark.py -q -rs -p no:cacheprovider -k cudagraph
 fi
 
 # ------------------------------------------------------------------ benchmarks (the GPU to themselves)

@@ -324,9 +324,10 @@ def run_provider(workload: Workload, provider: str, device, model=None, log: Cal
 def peak_memory(run: Callable, device) -> int | None:
     """Peak memory of one more call of ``run``, what was already held included.
 
-    On CUDA, the memory torch allocated (weights and static buffers included; not the
-    private pool of a captured CUDA graph, whose intermediates the allocator never sees
-    as allocated during a replay). On a Linux
+    On CUDA, the memory torch allocated (weights and static buffers included) plus the
+    free part of every captured CUDA graph's private pool (:func:`graph_pool_free_bytes`):
+    a replay writes its intermediates there while the allocator counts that memory as
+    free, so without it a captured restoration would look nearly weightless. On a Linux
     CPU, the process's peak resident set during the call (:func:`resident_peak`): the
     interpreter, libraries and weights included, and memory the C allocator kept from
     earlier work in the process (a later, smaller workload can reuse it without showing
@@ -339,7 +340,15 @@ def peak_memory(run: Callable, device) -> int | None:
     torch.cuda.reset_peak_memory_stats()
     run()
     torch.cuda.synchronize()
-    return int(torch.cuda.max_memory_allocated())
+    return int(torch.cuda.max_memory_allocated()) + graph_pool_free_bytes()
+
+
+def graph_pool_free_bytes() -> int:
+    """Bytes reserved in CUDA-graph private pools (any pool but the default, ``(0, 0)``) and
+    not allocated: the space captured graphs use during a replay. Every live graph counts,
+    including those of earlier samplers in the process that are still referenced."""
+    return sum(segment["total_size"] - segment["allocated_size"] for segment in torch.cuda.memory_snapshot()
+               if tuple(segment.get("segment_pool_id", (0, 0))) != (0, 0))
 
 
 def resident_peak(run: Callable) -> int | None:
@@ -431,9 +440,9 @@ def summary_table(rows: Sequence[dict], device, timer: str = "time.perf_counter"
                   + ("; float32 in TF32, as cuDNN's convolutions run it" if tf32 else "") + "): "
                   + ", ".join(f"{precision} {rate / 1e12:.3g} TFLOP/s" for precision, rate in ceilings)]
     if any(r.get("peak_bytes") is not None for r in rows):
-        lines += ["", "peak MiB: " + ("CUDA memory torch allocated during one restoration, weights and buffers included; "
-                                      "cudagraph rows leave out the captured graph's private pool (reserved at "
-                                      "capture, reused by every replay, never counted as allocated)"
+        lines += ["", "peak MiB: " + ("CUDA memory torch allocated during one restoration, weights and buffers included, "
+                                      "plus the free space of captured CUDA graphs' private pools (where a replay's "
+                                      "intermediates live)"
                                       if torch.device(device).type == "cuda" else
                                       "the process's peak resident set during one restoration (VmHWM), interpreter, "
                                       "libraries, weights and memory kept from earlier rows of this process included")]
