@@ -33,14 +33,21 @@
 # (t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in the same folder. It writes
 # images.partial.json after every phase of every task (all λ sweeps, DPS then x̂0-guided, then the baselines);
 # DPFAST_GPU_IMAGES_FROM=DIR (holding an earlier run's images.partial.json) carries on from
-# there, so a run cut by the deadline loses one phase of one task. Its stored chain pieces
-# (images.pieces/, tens of MB) are left out of the returned archive; the pieces it computed
-# come back beside it as images_pieces.tar.part-* (15 MiB each, at most 4: join with cat,
-# untar into the run's folder) so that a cut phase's finished blocks carry on elsewhere.
+# there, so a run cut by the deadline loses one phase of one task; it is copied only where
+# this machine holds no images.partial.json yet (a second call on a warm machine keeps the
+# one the first call grew). Its stored chain pieces (images.pieces/, tens of MB) are left
+# out of the returned archive; the pieces this call computed come back beside it as
+# images_pieces.tar.part-* (15 MiB parts; what comes back is capped by the tool's file
+# count, so only as many parts as fit — a cut tar still holds the pieces before the cut).
+# To merge them on the machine that runs the rest: stop that run, then
+# `cat images_pieces.tar.part-* | tar xf - -C docs/full_run/images.pieces`, overwriting: the
+# returned partial file's finished phases were computed from these pieces, and pieces the
+# other machine computed meanwhile for the same phases must give way to them.
 # DPFAST_GPU_IMAGES_PIECES_FROM=DIR (a folder of an earlier run's pieces, laid out as
-# images.pieces/ is) starts from those: a phase that reuses another's chains (averaging
-# takes the λ sweep's λ = 1 draw) then does not recompute them. DPFAST_GPU_IMAGES_TEST=0
-# leaves out the small CUDA images test (for a second call on a warm machine).
+# images.pieces/ is) starts from those, keeping pieces already here: a phase that reuses
+# another's chains (averaging takes the λ sweep's λ = 1 draw) then does not recompute them.
+# DPFAST_GPU_IMAGES_TEST=0 leaves out the small CUDA images test (for a second call on a
+# warm machine).
 # deepinv's baselines need its wheel (and natsort's) carried in .data/wheels (see "install").
 # bench/gpu_carry.sh builds both .data folders on a fresh machine.
 set -uo pipefail
@@ -233,14 +240,21 @@ if wanted images_full; then
   section "images experiment, full size, on CUDA (256 held-out test images, 100 steps, five tasks; resumable)"
   if fashion_mnist_ready train && fashion_mnist_ready t10k; then
     mkdir -p "$RESULTS/images"
-    if [ -n "${DPFAST_GPU_IMAGES_FROM:-}" ] && [ -f "$DPFAST_GPU_IMAGES_FROM/images.partial.json" ]; then
+    if [ -f "$RESULTS/images/images.partial.json" ]; then
+      echo "carrying on from this machine's $RESULTS/images/images.partial.json"
+    elif [ -n "${DPFAST_GPU_IMAGES_FROM:-}" ] && [ -f "$DPFAST_GPU_IMAGES_FROM/images.partial.json" ]; then
       cp "$DPFAST_GPU_IMAGES_FROM/images.partial.json" "$RESULTS/images/" && echo "carrying on from $DPFAST_GPU_IMAGES_FROM"
     fi
     if [ -n "${DPFAST_GPU_IMAGES_PIECES_FROM:-}" ]; then
-      mkdir -p "$RESULTS/images/images.pieces" && cp -rn "$DPFAST_GPU_IMAGES_PIECES_FROM"/. "$RESULTS/images/images.pieces/" \
-        && echo "pieces from $DPFAST_GPU_IMAGES_PIECES_FROM: $(find "$RESULTS/images/images.pieces" -name '*.pt' | wc -l) stored"
+      mkdir -p "$RESULTS/images/images.pieces"
+      (cd "$DPFAST_GPU_IMAGES_PIECES_FROM" && find . -name '*.pt' -print0) | while IFS= read -r -d '' piece; do
+        [ -e "$RESULTS/images/images.pieces/$piece" ] && continue
+        mkdir -p "$(dirname "$RESULTS/images/images.pieces/$piece")"
+        cp "$DPFAST_GPU_IMAGES_PIECES_FROM/$piece" "$RESULTS/images/images.pieces/$piece"
+      done
+      echo "pieces from $DPFAST_GPU_IMAGES_PIECES_FROM: $(find "$RESULTS/images/images.pieces" -name '*.pt' | wc -l) stored"
     fi
-    touch "$RESULTS/images_started"  # the pieces newer than this were computed here
+    touch "$RESULTS/images_started"  # the pieces newer than this were computed by this call
     if [ "${DPFAST_GPU_IMAGES_TEST:-1}" != 0 ]; then
       timed images_test 120 "$PYTHON" -m pytest tests/experiments/test_experiment_images.py -q -rs -p no:cacheprovider -k cuda
     fi
@@ -274,11 +288,12 @@ if [ -n "${OUT:-}" ] && [ "$OUT" != "$RESULTS" ]; then
   if [ -f "$TRAIN_DIR/checkpoint.pt" ]; then
     split -b 15M "$TRAIN_DIR/checkpoint.pt" "$OUT/checkpoint.pt.part-"
   fi
-  if [ -f "$RESULTS/images_started" ] && [ -d "$RESULTS/images/images.pieces" ]; then
-    (cd "$RESULTS/images/images.pieces" && find . -name '*.pt' -newer "$RESULTS/images_started" -print0 \
-      | tar cf - --null -T - | split -b 15M - "$OUT/images_pieces.tar.part-")
-    parts=$(ls "$OUT"/images_pieces.tar.part-* 2>/dev/null | wc -l)
-    [ "$parts" -le 4 ] || echo "images pieces: $parts parts of 15 MiB, more than come back (4 fit beside the archive)"
+  if wanted images_full && [ -f "$RESULTS/images_started" ] && [ -d "$RESULTS/images/images.pieces" ]; then
+    (cd "$RESULTS/images/images.pieces" && find . -name '*.pt' -newer "$RESULTS/images_started" -print0) >"$RESULTS/new_pieces"
+    if [ -s "$RESULTS/new_pieces" ]; then
+      (cd "$RESULTS/images/images.pieces" && tar cf - --null -T "$RESULTS/new_pieces") | split -b 15M - "$OUT/images_pieces.tar.part-"
+      echo "images pieces computed here: $(tr -cd '\0' <"$RESULTS/new_pieces" | wc -c), in $(ls "$OUT"/images_pieces.tar.part-* | wc -l) part(s) of 15 MiB"
+    fi
   fi
   ls -la "$OUT"
 fi
