@@ -183,7 +183,7 @@ def test_deepinv_makes_as_many_network_evaluations_as_the_sampler_steps():
 def test_cudagraph_peak_memory_counts_the_graph_pool():
     """A captured restoration's intermediates live in the graph's private pool, which the
     allocator counts as free: the peak must include it (on an H200 the captured FFHQ-256
-    batch-8 row read 831 MiB without it, against 12 GB for the eager bf16 step)."""
+    batch-8 row read 831 MiB without it, against 11.8 GiB for the eager bf16 step)."""
     workload = Workload("toy", (3, 32, 32), 4, 4, 1)
     model = ToyConvScore((3, 32, 32), hidden=32).cuda()
     operator = benchmark_operator(workload.image)
