@@ -70,7 +70,7 @@ import torch
 
 from dpfast import metrics
 from dpfast.baselines.deepinv_dps import deepinv_available
-from dpfast.experiments import common
+from dpfast.experiments import common, frontier
 from dpfast.experiments.image_tasks import ImageTask, best_step_sizes, dp_rows, step_size_errors, traverse_task
 from dpfast.experiments.pieces import PieceStore
 from dpfast.experiments.pinwheel import ddim_dps_sample
@@ -199,6 +199,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
     pieces.remove()
     for name, task_results in results["tasks"].items():
         _print_rows(f"{name}: {settings.images} test images, {settings.steps} steps", task_results)
+        _print_frontier(f"{name}: which points another beats", task_results)
     return results
 
 
@@ -232,6 +233,7 @@ def status(out_dir, markdown: bool = False, plot: bool = False) -> dict:
         print(f"[{NAME}] finished run in {out_dir} ({final.name}):", flush=True)
         for name, task_results in results["tasks"].items():
             _print_rows(name, task_results, markdown)
+            _print_frontier(f"{name}: which points another beats", task_results, markdown)
         if plot:
             print(f"[{NAME}] its figure: {out_dir / results['figures'][0]}", flush=True)
         return {"state": "finished", "tasks": results["tasks"]}
@@ -267,6 +269,7 @@ def status(out_dir, markdown: bool = False, plot: bool = False) -> dict:
           f"({sum(stored.values()) / 3600:.1f} h, the wall time they took)", flush=True)
     for name, task_results in tasks.items():
         _print_rows(f"{name}: finished so far", task_results, markdown)
+        _print_frontier(f"{name}: which finished points another beats", task_results, markdown)
     answer = {"state": "partial", "tasks": tasks, "stored_pieces": len(stored), "stored_seconds": sum(stored.values()),
               "expected_pieces": expected, "finished_phases": phases_done, "phases": phases_all}
     if plot:
@@ -311,19 +314,67 @@ def _print_rows(title: str, task_results: dict, markdown: bool = False) -> None:
         if search in task_results and sweep not in task_results:
             chosen = replace(TASKS[0], zeta=_chosen_steps(task_results[search])).zeta_text
             print(f"[{NAME}] {title}: the {which} chose {chosen}", flush=True)
-    rows = [(f"λ = {row['lam']:g} ({'c' if row['zeta'][0] == 'beta' else 'ζ'} {row['zeta'][1]:g})", row)
-            for row in task_results.get("lam_sweep", [])]
-    rows += [(f"λ = {row['lam']:g}, x̂0 guidance ({'c' if row['zeta'][0] == 'beta' else 'ζ'} {row['zeta'][1]:g})", row)
-             for row in task_results.get("x0_lam_sweep", [])]
-    rows += [(f"mean of {row['samples']} DPS samples", row) for row in task_results.get("averaging", [])]
-    rows += [(f"DDIM η = {row['eta']:g}" + (f" ({'c' if row['zeta'][0] == 'beta' else 'ζ'} {row['zeta'][1]:g})"
-                                             if "zeta" in row else ""), row) for row in task_results.get("ddim", [])]
-    rows += [(f"deepinv DPS α = {row['alpha']:g} (weight {row['weight']:g})", row) for row in task_results.get("deepinv", [])]
+    rows = _labelled_rows(task_results)
     if not rows:
         return
     common.print_table(title, ("method", "MSE", "PSNR", "SSIM", "FD", "FD unpaired"),
                        [(label, row["mse"], row["psnr"], row["ssim"], row["fd"], row.get("fd_unpaired", "-"))
-                        for label, row in rows], markdown=markdown)
+                        for label, _, row in rows], markdown=markdown)
+
+
+def _step_text(row: dict) -> str:
+    return f"{'c' if row['zeta'][0] == 'beta' else 'ζ'} {row['zeta'][1]:g}"
+
+
+def _labelled_rows(task_results: dict) -> list[tuple[str, str, dict]]:
+    """Every finished point of a task as (label, short label, row), in the tables' order."""
+    rows = [(f"λ = {row['lam']:g} ({_step_text(row)})", f"DPS λ {row['lam']:g}", row)
+            for row in task_results.get("lam_sweep", [])]
+    rows += [(f"λ = {row['lam']:g}, x̂0 guidance ({_step_text(row)})", f"x̂0 λ {row['lam']:g}", row)
+             for row in task_results.get("x0_lam_sweep", [])]
+    rows += [(f"mean of {row['samples']} DPS samples", f"mean of {row['samples']}", row)
+             for row in task_results.get("averaging", [])]
+    rows += [(f"DDIM η = {row['eta']:g}" + (f" ({_step_text(row)})" if "zeta" in row else ""), f"DDIM η {row['eta']:g}", row)
+             for row in task_results.get("ddim", [])]
+    rows += [(f"deepinv DPS α = {row['alpha']:g} (weight {row['weight']:g})", f"deepinv α {row['alpha']:g}", row)
+             for row in task_results.get("deepinv", [])]
+    return rows
+
+
+def _print_frontier(title: str, task_results: dict, markdown: bool = False) -> dict[str, dict[str, list[str]]]:
+    """Which of a task's points another point beats (:func:`~dpfast.experiments.frontier.dominated_by`)
+    in (MSE, FD), in (MSE, unpaired FD), and in (MSE, FD) among the methods that cost one chain
+    per image (all but the means of N > 1 samples); printed with, for each beaten point, the
+    frontier points that beat it (every beaten point has one). Returns the three maps of all
+    dominators (``"fd"``, ``"fd_unpaired"``, ``"fd_one_chain"``), keyed by the short labels.
+    Two repeats of the λ sweep's λ = 1 chain are left out, so that rounding-level differences
+    between copies of one chain do not decide who is on the frontier: the mean of one DPS
+    sample, and DDIM η = 1 when it chose λ = 1's step (it is then the same chain, batched
+    differently or run elsewhere). Nothing is printed for fewer than two points."""
+    lam_one_step = next((row["zeta"] for row in task_results.get("lam_sweep", []) if row["lam"] == 1.0), None)
+
+    def repeats_lam_one(short: str, row: dict) -> bool:
+        return short == "mean of 1" or (short == "DDIM η 1" and row.get("zeta") == lam_one_step)
+
+    rows = [(label, short, row) for label, short, row in _labelled_rows(task_results) if not repeats_lam_one(short, row)]
+    if len(rows) < 2:
+        return {}
+    one_chain = [(label, short, row) for label, short, row in rows if "samples" not in row]
+    beaten = {name: frontier.dominated_by([(short, row["mse"], row[fd_key]) for _, short, row in chosen if fd_key in row])
+              for name, fd_key, chosen in (("fd", "fd", rows), ("fd_unpaired", "fd_unpaired", rows),
+                                           ("fd_one_chain", "fd", one_chain))}
+
+    def verdict(name: str, short: str) -> str:
+        if short not in beaten[name]:
+            return "-"
+        by_frontier = [other for other in beaten[name][short] if not beaten[name][other]]
+        return f"beaten by {', '.join(by_frontier)}" if by_frontier else "frontier"
+
+    common.print_table(title, ("method", "MSE", "FD", "FD unpaired", "(MSE, FD)", "(MSE, FD unpaired)", "(MSE, FD), one chain"),
+                       [(short, row["mse"], row["fd"], row.get("fd_unpaired", "-"),
+                         *(verdict(name, short) for name in ("fd", "fd_unpaired", "fd_one_chain")))
+                        for _, short, row in rows], markdown=markdown)
+    return beaten
 
 
 def _search(model, task: ImageTask, train, settings: Settings, seed: int, progress, pieces: PieceStore,
