@@ -26,6 +26,8 @@ and a JSON of its numbers into ``out_dir``, and returns the numbers.
                  by rounding-sized noise: how far each λ's restoration moves (bf16 vs float32)
 ``step_count``   the DPS-guided demo's three tasks at λ = 0 and 1 for 25–400 reverse steps: does
                  λ = 0's MSE deficit shrink with a finer chain?
+``seed_spread``  the full images run's single-chain points (DPS λ = 1, x̂0 λ = 0, deepinv
+                 α = 1) rerun with other seeds: how far one seed's numbers move
 ===============  ===================================================================
 """
 from __future__ import annotations
@@ -47,6 +49,7 @@ EXPERIMENTS = {
     "score_swap": "dpfast.experiments.score_swap",
     "sensitivity": "dpfast.experiments.sensitivity",
     "step_count": "dpfast.experiments.step_count",
+    "seed_spread": "dpfast.experiments.seed_spread",
 }
 
 

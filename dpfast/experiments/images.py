@@ -84,6 +84,7 @@ TASKS = (
     ImageTask("deblur", 0.05, 1.0),
     ImageTask("sr4", 0.05, 1.0),
 )
+TASKS_BY_NAME = {task.name: task for task in TASKS}
 TEST_SEED, SEARCH_SEED, AVERAGE_SEED = 0, 100, 10_000
 # x̂0 guidance searches the settings' grid and two weaker β-scaled steps below it (in units of
 # the natural scale √m/σ_n): its gradient lacks the network's Jacobian, and on the full run's
@@ -136,7 +137,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
 
         model = load_builtin()
     model = model.to(device)
-    test, reference = _test_and_reference(settings.images)
+    test, reference = test_and_reference(settings.images)
     train, _ = load_fashion_mnist("train", limit=settings.search_images)
     test, train = test.to(device), train.to(device)
     out_dir = Path(out_dir)
@@ -147,7 +148,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
     progress = common.Progress(NAME, len(settings.tasks) * _phases_per_task(with_deepinv))  # one unit per phase
     results = {"tasks": {}, "settings": _settings_dict(settings), "fd_floor": metrics.fd(test.cpu(), reference)}
     partial_path = out_dir / f"{NAME}.partial.json"
-    run_key = {"settings": results["settings"], "seed": seed, "model_sha256": _weights_digest(model)}
+    run_key = {"settings": results["settings"], "seed": seed, "model_sha256": weights_digest(model)}
     results["tasks"] = _resume(partial_path, run_key)
     pieces = PieceStore(out_dir / f"{NAME}.pieces", run_key, device, log=lambda line: print(f"[{NAME}]   piece: {line}", flush=True))
     # Groups of phases, each group task by task (a CPU run spread over sessions has every task's
@@ -203,7 +204,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
     return results
 
 
-def _test_and_reference(images: int) -> tuple[torch.Tensor, torch.Tensor]:
+def test_and_reference(images: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``images`` test images (the ones restored), then as many other clean test
     images: the unpaired FD's reference."""
     from dpfast.data import load_fashion_mnist
@@ -275,7 +276,7 @@ def status(out_dir, markdown: bool = False, plot: bool = False) -> dict:
     if plot:
         drawn = {name: task_results for name, task_results in tasks.items() if any(key in task_results for key, *_ in SERIES)}
         if drawn:
-            test, reference = _test_and_reference(settings["images"])
+            test, reference = test_and_reference(settings["images"])
             answer["figure"] = _plot({"tasks": drawn, "fd_floor": metrics.fd(test, reference)},
                                      out_dir / f"{NAME}_dp_curve.partial.png")
             print(f"[{NAME}] the finished series of {len(drawn)} task(s) drawn in {answer['figure']}", flush=True)
@@ -312,7 +313,7 @@ def _print_rows(title: str, task_results: dict, markdown: bool = False) -> None:
     with only a search finished, its choice per λ."""
     for search, sweep, which in (("zeta", "lam_sweep", "search"), ("x0_zeta", "x0_lam_sweep", "x̂0-guidance search")):
         if search in task_results and sweep not in task_results:
-            chosen = replace(TASKS[0], zeta=_chosen_steps(task_results[search])).zeta_text
+            chosen = replace(TASKS[0], zeta=chosen_steps(task_results[search])).zeta_text
             print(f"[{NAME}] {title}: the {which} chose {chosen}", flush=True)
     rows = _labelled_rows(task_results)
     if not rows:
@@ -405,7 +406,7 @@ def _step_choices(model, task: ImageTask, settings: Settings) -> list[tuple[str,
 def _lam_sweep(model, task: ImageTask, entry: dict, test, settings: Settings, seed: int, progress, pieces: PieceStore,
                reference) -> dict:
     """The λ sweep on the test images with the step sizes ``entry``'s search chose."""
-    zeta_of_lam = _chosen_steps(entry["zeta"])
+    zeta_of_lam = chosen_steps(entry["zeta"])
     restored = _sweep_restorations(model, replace(task, zeta=zeta_of_lam), test, settings, seed, pieces)
     lam_sweep = [dict(row, zeta=list(zeta_of_lam[row["lam"]]))
                  for row in dp_rows(test, restored, settings.lams, reference=reference)]
@@ -413,7 +414,7 @@ def _lam_sweep(model, task: ImageTask, entry: dict, test, settings: Settings, se
     return {"lam_sweep": lam_sweep}
 
 
-def _chosen_steps(stored: dict) -> dict[float, tuple[str, float]]:
+def chosen_steps(stored: dict) -> dict[float, tuple[str, float]]:
     """λ → (schedule, value) from a search's choices as stored (a task entry's ``zeta`` or ``x0_zeta``)."""
     return {float(lam): tuple(choice) for lam, choice in stored.items()}
 
@@ -457,7 +458,7 @@ def _averaging(model, task: ImageTask, entry: dict, test, settings: Settings, se
     read back from the sweep's pieces, or — where they are gone (a run resumed on another
     machine) — run again alone, the same chain up to the rounding of another batch make-up,
     at a fifth of the sweep's cost. ``averaging_first_draw`` says which."""
-    zeta_of_lam = _chosen_steps(entry["zeta"])
+    zeta_of_lam = chosen_steps(entry["zeta"])
     y = task.measure(test, seed=seed + TEST_SEED)
     n_images, block = test.shape[0], settings.block_images
     zeta_one = zeta_of_lam[max(settings.lams)]
@@ -546,7 +547,7 @@ def _deepinv_series(model, task: ImageTask, test, train, settings: Settings, see
     return rows
 
 
-def _weights_digest(model) -> str:
+def weights_digest(model) -> str:
     """SHA-256 of the network's parameters and buffers: a resumed run must use the same weights."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
