@@ -201,6 +201,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
     for name, task_results in results["tasks"].items():
         _print_rows(f"{name}: {settings.images} test images, {settings.steps} steps", task_results)
         _print_frontier(f"{name}: which points another beats", task_results)
+    _print_frontier_summary(results["tasks"])
     return results
 
 
@@ -235,6 +236,7 @@ def status(out_dir, markdown: bool = False, plot: bool = False) -> dict:
         for name, task_results in results["tasks"].items():
             _print_rows(name, task_results, markdown)
             _print_frontier(f"{name}: which points another beats", task_results, markdown)
+        _print_frontier_summary(results["tasks"], markdown)
         if plot:
             print(f"[{NAME}] its figure: {out_dir / results['figures'][0]}", flush=True)
         return {"state": "finished", "tasks": results["tasks"]}
@@ -271,6 +273,7 @@ def status(out_dir, markdown: bool = False, plot: bool = False) -> dict:
     for name, task_results in tasks.items():
         _print_rows(f"{name}: finished so far", task_results, markdown)
         _print_frontier(f"{name}: which finished points another beats", task_results, markdown)
+    _print_frontier_summary(tasks, markdown)
     answer = {"state": "partial", "tasks": tasks, "stored_pieces": len(stored), "stored_seconds": sum(stored.values()),
               "expected_pieces": expected, "finished_phases": phases_done, "phases": phases_all}
     if plot:
@@ -342,28 +345,38 @@ def _labelled_rows(task_results: dict) -> list[tuple[str, str, dict]]:
     return rows
 
 
-def _print_frontier(title: str, task_results: dict, markdown: bool = False) -> dict[str, dict[str, list[str]]]:
-    """Which of a task's points another point beats (:func:`~dpfast.experiments.frontier.dominated_by`)
-    in (MSE, FD), in (MSE, unpaired FD), and in (MSE, FD) among the methods that cost one chain
-    per image (all but the means of N > 1 samples); printed with, for each beaten point, the
-    frontier points that beat it (every beaten point has one). Returns the three maps of all
-    dominators (``"fd"``, ``"fd_unpaired"``, ``"fd_one_chain"``), keyed by the short labels.
-    Two repeats of the λ sweep's λ = 1 chain are left out, so that rounding-level differences
-    between copies of one chain do not decide who is on the frontier: the mean of one DPS
-    sample, and DDIM η = 1 when it chose λ = 1's step (it is then the same chain, batched
-    differently or run elsewhere). Nothing is printed for fewer than two points."""
+FRONTIERS = {"fd": "(MSE, FD)", "fd_unpaired": "(MSE, FD unpaired)", "fd_one_chain": "(MSE, FD), one chain each"}
+
+
+def _frontier_points(task_results: dict) -> tuple[list[tuple[str, dict]], dict[str, dict[str, list[str]]]]:
+    """A task's points as (short label, row) and, per :data:`FRONTIERS` key, which points beat
+    each (:func:`~dpfast.experiments.frontier.dominated_by`): in (MSE, FD), in (MSE, unpaired FD),
+    and in (MSE, FD) among the methods that cost one chain per image (all but the means of
+    N > 1 samples). Two repeats of the λ sweep's λ = 1 chain are left out, so that
+    rounding-level differences between copies of one chain do not decide who is on the
+    frontier: the mean of one DPS sample, and DDIM η = 1 when it chose λ = 1's step (it is
+    then the same chain, batched differently or run elsewhere). Fewer than two points: no maps."""
     lam_one_step = next((row["zeta"] for row in task_results.get("lam_sweep", []) if row["lam"] == 1.0), None)
 
     def repeats_lam_one(short: str, row: dict) -> bool:
         return short == "mean of 1" or (short == "DDIM η 1" and row.get("zeta") == lam_one_step)
 
-    rows = [(label, short, row) for label, short, row in _labelled_rows(task_results) if not repeats_lam_one(short, row)]
-    if len(rows) < 2:
-        return {}
-    one_chain = [(label, short, row) for label, short, row in rows if "samples" not in row]
-    beaten = {name: frontier.dominated_by([(short, row["mse"], row[fd_key]) for _, short, row in chosen if fd_key in row])
-              for name, fd_key, chosen in (("fd", "fd", rows), ("fd_unpaired", "fd_unpaired", rows),
+    points = [(short, row) for _, short, row in _labelled_rows(task_results) if not repeats_lam_one(short, row)]
+    if len(points) < 2:
+        return points, {}
+    one_chain = [(short, row) for short, row in points if "samples" not in row]
+    beaten = {name: frontier.dominated_by([(short, row["mse"], row[fd_key]) for short, row in chosen if fd_key in row])
+              for name, fd_key, chosen in (("fd", "fd", points), ("fd_unpaired", "fd_unpaired", points),
                                            ("fd_one_chain", "fd", one_chain))}
+    return points, beaten
+
+
+def _print_frontier(title: str, task_results: dict, markdown: bool = False) -> dict[str, dict[str, list[str]]]:
+    """:func:`_frontier_points` as a table: for each beaten point the frontier points that beat
+    it (every beaten point has one). Returns the maps; nothing is printed for fewer than two points."""
+    points, beaten = _frontier_points(task_results)
+    if not beaten:
+        return {}
 
     def verdict(name: str, short: str) -> str:
         if short not in beaten[name]:
@@ -371,11 +384,22 @@ def _print_frontier(title: str, task_results: dict, markdown: bool = False) -> d
         by_frontier = [other for other in beaten[name][short] if not beaten[name][other]]
         return f"beaten by {', '.join(by_frontier)}" if by_frontier else "frontier"
 
-    common.print_table(title, ("method", "MSE", "FD", "FD unpaired", "(MSE, FD)", "(MSE, FD unpaired)", "(MSE, FD), one chain"),
-                       [(short, row["mse"], row["fd"], row.get("fd_unpaired", "-"),
-                         *(verdict(name, short) for name in ("fd", "fd_unpaired", "fd_one_chain")))
-                        for _, short, row in rows], markdown=markdown)
+    common.print_table(title, ("method", "MSE", "FD", "FD unpaired", *FRONTIERS.values()),
+                       [(short, row["mse"], row["fd"], row.get("fd_unpaired", "-"), *(verdict(name, short) for name in FRONTIERS))
+                        for short, row in points], markdown=markdown)
     return beaten
+
+
+def _print_frontier_summary(tasks: dict, markdown: bool = False) -> None:
+    """One line per task: the points on each frontier of :func:`_frontier_points`."""
+    rows = []
+    for name, task_results in tasks.items():
+        _, beaten = _frontier_points(task_results)
+        if beaten:
+            rows.append((name, *(", ".join(short for short, by in beaten[key].items() if not by) for key in FRONTIERS)))
+    if rows:
+        common.print_table("the frontiers: points no other point beats on both axes", ("task", *FRONTIERS.values()), rows,
+                           markdown=markdown)
 
 
 def _search(model, task: ImageTask, train, settings: Settings, seed: int, progress, pieces: PieceStore,

@@ -56,3 +56,14 @@ def test_ddim_eta_one_with_its_own_step_stays_in_the_images_reading():
     task_results = {"lam_sweep": [_row(0.04, 10.0, 40.0, lam=1.0, zeta=["constant", 3.0])],
                     "ddim": [_row(0.03, 9.0, 39.0, eta=1.0, zeta=["constant", 1.0])]}
     assert images._print_frontier("task", task_results)["fd"] == {"DPS λ 1": ["DDIM η 1"], "DDIM η 1": []}
+
+
+def test_the_summary_lists_each_tasks_frontier_points(capsys):
+    task_results = {"lam_sweep": [_row(0.05, 30.0, 60.0, lam=0.0, zeta=["beta", 80.0]),
+                                  _row(0.04, 10.0, 40.0, lam=1.0, zeta=["constant", 3.0])],
+                    "averaging": [_row(0.04, 10.0, 40.0, samples=1), _row(0.03, 20.0, 70.0, samples=2)]}
+    images._print_frontier_summary({"task a": task_results, "task b": {"lam_sweep": task_results["lam_sweep"][:1]}},
+                                   markdown=True)
+    printed = capsys.readouterr().out
+    # task b has one point: no frontier to speak of, no line
+    assert "| task a | DPS λ 1, mean of 2 | DPS λ 1, mean of 2 | DPS λ 1 |" in printed and "task b" not in printed
