@@ -6,8 +6,8 @@
 #
 # From the repository root: `bash bench/gpu_carry.sh` (needs the Debian package
 # dataset-fashion-mnist, installed here when missing and run as root, and the package index).
-# The images run's progress travels on its own: docs/full_run/images.partial.json is tracked
-# (DPFAST_GPU_IMAGES_FROM=docs/full_run). A training checkpoint to continue (.data/gpu_from)
+# An unfinished images run's progress travels on its own: its images.partial.json is tracked
+# (DPFAST_GPU_IMAGES_FROM=<its folder>; docs/full_run's run finished on 2026-11-30). A training checkpoint to continue (.data/gpu_from)
 # cannot be rebuilt: it lived only on the machine that trained.
 set -euo pipefail
 cd "$(dirname "$0")/.."
