@@ -1,6 +1,7 @@
 """`dpfast reproduce images`: the quick run (4 held-out test images, 8 steps, denoising σ_n = 0.1)
-writes every series, and a 100-step run of the same task on 16 images checks the tradeoff itself,
-with DPS and with x̂0 guidance, on this CPU's kernels and on torch's AVX2 kernels.
+writes every series, and 16-image runs check the tradeoff itself — denoising σ_n 0.1 with DPS and
+with x̂0 guidance (100 steps), deblurring with x̂0 guidance (40 steps) — on this CPU's kernels and
+on torch's AVX2 kernels.
 
 Needs the built-in model's weights and the Fashion-MNIST dataset (`.ci/run` installs it).
 """
@@ -21,6 +22,7 @@ import torch
 from dpfast.baselines.deepinv_dps import deepinv_available
 from dpfast.data import fashion_mnist_dir
 from dpfast.experiments import images
+from dpfast.experiments.image_tasks import ImageTask
 
 pytestmark = pytest.mark.skipif(not (fashion_mnist_dir() / "t10k-images-idx3-ubyte.gz").is_file(),
                                 reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
@@ -82,33 +84,42 @@ TRADEOFF_IMAGES, TRADEOFF_STEPS = 16, 100
 AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
-# The β-scaled step c at both ends, per guidance: DPS c = 320 (= √m/σ_n), which the full run's
-# first search (AVX2, 16 training images) chose for λ = 0 and λ = 1 (the restarted run's, on
-# AVX-512, chose c 640 at λ = 0); x̂0 guidance c = 80, the full run's x̂0 search's choice at every λ
-# (AVX-512, 2026-11-29; c 40 and 160 on either side were worse).
-TRADEOFF_STEP = {"dps": 320.0, "x0": 80.0}
+# The cases of issue #6's image check: (task, steps). Denoising σ_n 0.1 with the β-scaled step c
+# at both ends, per guidance: DPS c = 320 (= √m/σ_n), which the full run's first search (AVX2, 16
+# training images) chose for λ = 0 and λ = 1 (the restarted run's, on AVX-512, chose c 640 at
+# λ = 0); x̂0 guidance c = 80, the full run's x̂0 search's choice at every λ (AVX-512, 2026-11-29;
+# c 40 and 160 on either side were worse). Deblurring 61/3.0 with x̂0 guidance, constant ζ 3 (the
+# full run's x̂0 search chose it at every λ; on its 256 test images MSE 0.0337 → 0.0512 and FD
+# 45.7 → 12.2 from λ = 0 to 1), at 40 steps: measured 2026-11-30 (AVX-512) MSE 0.0415 / 0.0637 and
+# FD 123.7 / 84.3 at λ = 0 / 1; seed 1 0.0404 / 0.0603 and 117.9 / 81.8; at 100 steps 0.0351 /
+# 0.0447 and 105.9 / 55.4; on 8 images FD's margin shrank to 118.0 / 113.2, hence 16.
+TRADEOFF_CASES = {
+    "dps": (ImageTask("denoise", 0.1, 320.0), TRADEOFF_STEPS),
+    "x0": (ImageTask("denoise", 0.1, 80.0, guidance="x0"), TRADEOFF_STEPS),
+    "x0-deblur": (ImageTask("deblur", 0.05, 3.0, zeta_schedule="constant", guidance="x0"), 40),
+}
 
 
-def tradeoff_rows(guidance: str = "dps") -> list[dict]:
-    """16 test images, denoising σ_n = 0.1, 100 steps, seed 0, the step of :data:`TRADEOFF_STEP`."""
+def tradeoff_rows(case: str = "dps") -> list[dict]:
+    """16 test images, seed 0, λ ∈ {0, 1}, the task and step count of :data:`TRADEOFF_CASES`."""
     from dpfast.data import load_fashion_mnist
-    from dpfast.experiments.image_tasks import ImageTask, dp_rows, traverse_task
+    from dpfast.experiments.image_tasks import dp_rows, traverse_task
     from dpfast.models.loading import load_builtin
 
+    task, steps = TRADEOFF_CASES[case]
     test, _ = load_fashion_mnist("test", limit=TRADEOFF_IMAGES)
-    task = ImageTask("denoise", 0.1, TRADEOFF_STEP[guidance], guidance=guidance)
-    restored = traverse_task(load_builtin(), task, task.measure(test, seed=0), [0.0, 1.0], TRADEOFF_STEPS, seed=0)
+    restored = traverse_task(load_builtin(), task, task.measure(test, seed=0), [0.0, 1.0], steps, seed=0)
     return dp_rows(test, restored, [0.0, 1.0])
 
 
-def _tradeoff_on(kernels: str, guidance: str) -> list[dict]:
+def _tradeoff_on(kernels: str, case: str) -> list[dict]:
     if kernels == "this-cpu":
-        return tradeoff_rows(guidance)
+        return tradeoff_rows(case)
     if platform.machine() not in ("x86_64", "AMD64") or not torch.cpu._is_avx2_supported():
         pytest.skip("torch's AVX2 kernels need an x86 CPU with AVX2")
     code = ("import json, sys, torch; assert torch.backends.cpu.get_cpu_capability() == 'AVX2', torch.backends.cpu.get_cpu_capability(); "
             "sys.path.insert(0, sys.argv[1]); import test_experiment_images as t; print(json.dumps(t.tradeoff_rows(sys.argv[2])))")
-    done = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), guidance], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), case], capture_output=True, text=True,
                           env={**os.environ, **AVX2_KERNELS}, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -116,13 +127,13 @@ def _tradeoff_on(kernels: str, guidance: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def tradeoff_sweeps():
-    """(kernels, guidance) → the two rows, each computed once per module."""
+    """(kernels, case) → the two rows, each computed once per module."""
     computed = {}
 
-    def rows(kernels: str, guidance: str) -> list[dict]:
-        if (kernels, guidance) not in computed:
-            computed[kernels, guidance] = _tradeoff_on(kernels, guidance)
-        return computed[kernels, guidance]
+    def rows(kernels: str, case: str) -> list[dict]:
+        if (kernels, case) not in computed:
+            computed[kernels, case] = _tradeoff_on(kernels, case)
+        return computed[kernels, case]
     return rows
 
 
@@ -132,26 +143,27 @@ X0_FD_NOT_MET = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "not met: with x̂0 guidance on this denoising task λ = 0 is better on both axes — FD λ = 0 / λ = 1 "
     "4.44 / 9.14 (AVX-512), 4.46 / 9.15 (AVX2 kernels), 2026-11-29: its λ = 1 restorations keep grain of the "
     "noisy measurement (as on the demo's denoising, docs/MODEL_CARD.md 'Demo'), so neither guidance meets "
-    "both halves of issue #6's image check here. Issue #6 stays open on it"))
+    "both halves of issue #6's image check on this denoising task; deblurring with x̂0 guidance (case x0-deblur) does"))
 # x̂0 guidance: MSE λ = 0 / λ = 1 0.0019 / 0.0036 on both kernel sets (2026-11-29).
 DPS_MSE_NOT_MET = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "not met with the shipped weights (step 14,467): MSE at λ = 0 / λ = 1 0.0066 / 0.0026 (AVX-512 CPU), "
     "0.0042 / 0.0025 (AVX2), with seed 1 0.0089 / 0.0025 and 0.0051 / 0.0025; in the full run's 256 images "
     "(docs/RESULTS.md §4) λ = 0 has the higher MSE on all five tasks (denoising σ_n 0.1: "
-    "0.0042 against 0.0029, deblurring 0.0838 against 0.0673, SR ×4 0.0566 against 0.0417). Issue #6 stays open on it"))
+    "0.0042 against 0.0029, deblurring 0.0838 against 0.0673, SR ×4 0.0566 against 0.0417). x̂0 guidance "
+    "gives the low-MSE end: cases x0 and x0-deblur"))
 
 
 @pytest.mark.parametrize("kernels", KERNELS)
-@pytest.mark.parametrize("guidance", ["dps", pytest.param("x0", marks=X0_FD_NOT_MET)])
-def test_lam_one_has_the_lower_fd(tradeoff_sweeps, kernels, guidance):
-    zero, one = rows = tradeoff_sweeps(kernels, guidance)
+@pytest.mark.parametrize("case", ["dps", pytest.param("x0", marks=X0_FD_NOT_MET), "x0-deblur"])
+def test_lam_one_has_the_lower_fd(tradeoff_sweeps, kernels, case):
+    zero, one = rows = tradeoff_sweeps(kernels, case)
     assert one["fd"] < zero["fd"], rows
 
 
 @pytest.mark.parametrize("kernels", KERNELS)
-@pytest.mark.parametrize("guidance", [pytest.param("dps", marks=DPS_MSE_NOT_MET), "x0"])
-def test_lam_zero_has_the_lower_mse(tradeoff_sweeps, kernels, guidance):
-    zero, one = rows = tradeoff_sweeps(kernels, guidance)
+@pytest.mark.parametrize("case", [pytest.param("dps", marks=DPS_MSE_NOT_MET), "x0", "x0-deblur"])
+def test_lam_zero_has_the_lower_mse(tradeoff_sweeps, kernels, case):
+    zero, one = rows = tradeoff_sweeps(kernels, case)
     assert zero["mse"] < one["mse"], rows
 
 
