@@ -358,8 +358,8 @@ def _frontier_points(task_results: dict) -> tuple[list[tuple[str, dict]], dict[s
     then the same chain, batched differently or run elsewhere). Fewer than two points: no maps."""
     lam_one_step = next((row["zeta"] for row in task_results.get("lam_sweep", []) if row["lam"] == 1.0), None)
 
-    def repeats_lam_one(short: str, row: dict) -> bool:
-        return short == "mean of 1" or (short == "DDIM η 1" and row.get("zeta") == lam_one_step)
+    def repeats_lam_one(short: str, row: dict) -> bool:  # a sweep without λ = 1 repeats nothing
+        return lam_one_step is not None and (short == "mean of 1" or (short == "DDIM η 1" and row.get("zeta") == lam_one_step))
 
     points = [(short, row) for _, short, row in _labelled_rows(task_results) if not repeats_lam_one(short, row)]
     if len(points) < 2:

@@ -67,3 +67,9 @@ def test_the_summary_lists_each_tasks_frontier_points(capsys):
     printed = capsys.readouterr().out
     # task b has one point: no frontier to speak of, no line
     assert "| task a | DPS λ 1, mean of 2 | DPS λ 1, mean of 2 | DPS λ 1 |" in printed and "task b" not in printed
+
+
+def test_without_a_lambda_one_point_the_mean_of_one_sample_is_a_chain_of_its_own():
+    task_results = {"lam_sweep": [_row(0.05, 30.0, 60.0, lam=0.0, zeta=["beta", 80.0])],
+                    "averaging": [_row(0.04, 10.0, 40.0, samples=1)]}
+    assert images._print_frontier("task", task_results)["fd"] == {"DPS λ 0": ["mean of 1"], "mean of 1": []}
