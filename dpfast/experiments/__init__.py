@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m dpfast.experiment
     keep_freed_memory_for_commands()  # the chains' large CPU batches (dpfast/cpu_memory.py)
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
-    names = list(EXPERIMENTS) if "all" in args.names else list(dict.fromkeys(args.names))
+    # registry order: seed_spread reads the images run that `images seed_spread` writes first
+    names = [name for name in EXPERIMENTS if "all" in args.names or name in args.names]
     if args.status:
         if names != ["images"]:
             parser.error(f"--status: only images keeps a run's state, got {' '.join(names)}")

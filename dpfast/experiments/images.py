@@ -137,7 +137,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
 
         model = load_builtin()
     model = model.to(device)
-    test, reference = test_and_reference(settings.images)
+    test, reference = held_out_images(settings.images)
     train, _ = load_fashion_mnist("train", limit=settings.search_images)
     test, train = test.to(device), train.to(device)
     out_dir = Path(out_dir)
@@ -205,9 +205,14 @@ def run(out_dir, quick: bool = False, seed: int = 0, model=None, settings: Setti
     return results
 
 
-def test_and_reference(images: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``images`` test images (the ones restored), then as many other clean test
-    images: the unpaired FD's reference."""
+def held_out_images(images: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``images`` Fashion-MNIST test images (the ones restored), then the next
+    ``images`` (the unpaired FD's reference): two ``(images, 1, 32, 32)`` float32 CPU tensors in
+    [-1, 1]. Needs the dataset (:func:`dpfast.data.load_fashion_mnist`).
+
+    Example:
+        >>> test, reference = held_out_images(256)  # doctest: +SKIP
+    """
     from dpfast.data import load_fashion_mnist
 
     test, _ = load_fashion_mnist("test", limit=2 * images)
@@ -279,7 +284,7 @@ def status(out_dir, markdown: bool = False, plot: bool = False) -> dict:
     if plot:
         drawn = {name: task_results for name, task_results in tasks.items() if any(key in task_results for key, *_ in SERIES)}
         if drawn:
-            test, reference = test_and_reference(settings["images"])
+            test, reference = held_out_images(settings["images"])
             answer["figure"] = _plot({"tasks": drawn, "fd_floor": metrics.fd(test, reference)},
                                      out_dir / f"{NAME}_dp_curve.partial.png")
             print(f"[{NAME}] the finished series of {len(drawn)} task(s) drawn in {answer['figure']}", flush=True)
@@ -364,11 +369,17 @@ def _frontier_points(task_results: dict) -> tuple[list[tuple[str, dict]], dict[s
     points = [(short, row) for _, short, row in _labelled_rows(task_results) if not repeats_lam_one(short, row)]
     if len(points) < 2:
         return points, {}
-    one_chain = [(short, row) for short, row in points if "samples" not in row]
-    beaten = {name: frontier.dominated_by([(short, row["mse"], row[fd_key]) for short, row in chosen if fd_key in row])
+    one_chain = [(short, row) for short, row in points if row.get("samples", 1) == 1]
+    # a diverged point (NaN, stored as null) has no place on a frontier: left out, shown as "-"
+    beaten = {name: frontier.dominated_by([(short, row["mse"], row[fd_key]) for short, row in chosen
+                                           if _finite(row.get("mse")) and _finite(row.get(fd_key))])
               for name, fd_key, chosen in (("fd", "fd", points), ("fd_unpaired", "fd_unpaired", points),
                                            ("fd_one_chain", "fd", one_chain))}
     return points, beaten
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _print_frontier(title: str, task_results: dict, markdown: bool = False) -> dict[str, dict[str, list[str]]]:
@@ -439,7 +450,13 @@ def _lam_sweep(model, task: ImageTask, entry: dict, test, settings: Settings, se
 
 
 def chosen_steps(stored: dict) -> dict[float, tuple[str, float]]:
-    """λ → (schedule, value) from a search's choices as stored (a task entry's ``zeta`` or ``x0_zeta``)."""
+    """λ → (schedule, value) from a search's choices as stored (a task entry's ``zeta`` or
+    ``x0_zeta``: JSON keys are strings, pairs are lists), ready for :class:`ImageTask`'s ``zeta``.
+
+    Example:
+        >>> chosen_steps({"0.0": ["beta", 80.0], "1.0": ["constant", 3.0]})
+        {0.0: ('beta', 80.0), 1.0: ('constant', 3.0)}
+    """
     return {float(lam): tuple(choice) for lam, choice in stored.items()}
 
 
@@ -572,7 +589,13 @@ def _deepinv_series(model, task: ImageTask, test, train, settings: Settings, see
 
 
 def weights_digest(model) -> str:
-    """SHA-256 of the network's parameters and buffers: a resumed run must use the same weights."""
+    """SHA-256 (hex) of ``model``'s parameters and buffers, by name, as float32 on the CPU: a
+    resumed run (and ``seed_spread`` against its source) must use the same weights.
+
+    Example:
+        >>> from dpfast.models.loading import load_builtin
+        >>> weights_digest(load_builtin())[:12]  # doctest: +SKIP
+    """
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())

@@ -22,7 +22,11 @@ over the draws. Chains are stored in pieces (:class:`~dpfast.experiments.pieces.
 under ``seed_spread.pieces/`` in the output folder, so a stopped run resumes.
 
 Full: ``DRAWS`` draws of each method on the run's test images (256) and steps (100) —
-~5 min per draw and method on a 2-core CPU. ``quick``: 4 images, 8 steps, 2 draws.
+~5–6 min per draw and method on a 2-core CPU. ``quick``: 4 images, 8 steps, 2 draws, whatever
+the source's size, so its draw 0 repeats the source's points only when the source ran at that
+size too (the images run's ``--quick``, as in ``all --quick``). The pieces stay in the output
+folder after the run (a second run reads them back instead of recomputing); delete
+``seed_spread.pieces/`` to recompute.
 """
 from __future__ import annotations
 
@@ -55,7 +59,8 @@ def run(out_dir, quick: bool = False, seed: int = 0, source=None, task_names: Se
     and a table into ``out_dir``; return the numbers.
 
     ``source``: the folder of the images run whose choices are used (default ``out_dir``).
-    ``seed`` must be the seed that run used. ``model`` defaults to the built-in model.
+    ``seed`` must be the seed that run used, and ``model`` (default: the built-in model) its
+    weights where the source records them (an unfinished run's key does): both are checked.
 
     Example:
         >>> from dpfast.experiments import seed_spread
@@ -64,8 +69,11 @@ def run(out_dir, quick: bool = False, seed: int = 0, source=None, task_names: Se
         {'mean': 0.0029, 'std': 0.0001}
     """
     started = time.perf_counter()
+    source_given = source is not None
     source = Path(out_dir if source is None else source)
-    settings, tasks = _read_source(source, task_names)
+    settings, tasks, source_key = _read_source(source, task_names)
+    if source_key.get("seed", seed) != seed:
+        raise ValueError(f"seed={seed}: the images run in {str(source)!r} used seed {source_key['seed']}; pass that seed")
     draws = draws if draws is not None else (QUICK_DRAWS if quick else DRAWS)
     if draws < 2:
         raise ValueError(f"draws must be >= 2 (a spread needs two draws), got {draws}")
@@ -74,10 +82,14 @@ def run(out_dir, quick: bool = False, seed: int = 0, source=None, task_names: Se
         from dpfast.models.loading import load_builtin
 
         model = load_builtin()
-    test, reference = images.test_and_reference(n_images)
+    digest = images.weights_digest(model)
+    if source_key.get("model_sha256", digest) != digest:
+        raise ValueError(f"model: its weights (sha256 {digest[:12]}…) are not the ones the images run in {str(source)!r} "
+                         f"used ({source_key['model_sha256'][:12]}…)")
+    test, reference = images.held_out_images(n_images)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    key = {"images": n_images, "steps": steps, "seed": seed, "model_sha256": images.weights_digest(model)}
+    key = {"images": n_images, "steps": steps, "seed": seed, "model_sha256": digest, "spread_seed": SPREAD_SEED}
     pieces = PieceStore(out_dir / f"{NAME}.pieces", key, log=lambda line: print(f"[{NAME}]   piece: {line}", flush=True))
     with_deepinv = deepinv_available()
     if not with_deepinv:
@@ -86,6 +98,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, source=None, task_names: Se
                         for name, entry in tasks.items()}
     progress = common.Progress(NAME, sum(len(methods) for methods in methods_per_task.values()) * draws)
     results = {"source": str(source), "images": n_images, "steps": steps, "draws": draws, "spread_seed": SPREAD_SEED,
+               "settings": {name: {label: setting for label, setting, _ in methods} for name, methods in methods_per_task.items()},
                "tasks": {}}
     for name, methods in methods_per_task.items():
         task = images.TASKS_BY_NAME[name]
@@ -111,21 +124,23 @@ def run(out_dir, quick: bool = False, seed: int = 0, source=None, task_names: Se
                            [(label, *(f"{summary[metric]['mean']:.4f} ± {summary[metric]['std']:.4f}" for metric in METRICS))
                             for label, summary in results["tasks"][name]["summary"].items()])
     default_draws = QUICK_DRAWS if quick else DRAWS
-    # the command line gives the default draws only: other counts are named in the JSON, not the command
-    results["meta"] = common.run_metadata(NAME, quick, seed, started, size_flag="" if draws == default_draws else None)
+    # the command line gives the default draws, source (OUT) and task only: other choices are in the JSON, not the command
+    command_line = draws == default_draws and not source_given and tuple(task_names) == TASK_NAMES
+    results["meta"] = common.run_metadata(NAME, quick, seed, started, size_flag="" if command_line else None)
     common.write_json(out_dir / f"{NAME}.json", results)
     return results
 
 
-def _read_source(source: Path, task_names: Sequence[str]) -> tuple[dict, dict]:
-    """The settings and the named tasks' entries of the images run in ``source``."""
+def _read_source(source: Path, task_names: Sequence[str]) -> tuple[dict, dict, dict]:
+    """The settings, the named tasks' entries and what identifies the run (``seed``, and
+    ``model_sha256`` where recorded) of the images run in ``source``."""
     final, partial = source / f"{images.NAME}.json", source / f"{images.NAME}.partial.json"
     if final.exists():
         saved = json.loads(final.read_text())
-        settings = saved["settings"]
+        settings, run_key = saved["settings"], {"seed": saved["meta"]["seed"]}
     elif partial.exists():
         saved = json.loads(partial.read_text())
-        settings = saved["key"]["settings"]
+        settings, run_key = saved["key"]["settings"], saved["key"]
     else:
         raise FileNotFoundError(f"source={str(source)!r}: no images run there (neither {final.name} nor {partial.name})")
     unknown = [name for name in task_names if name not in images.TASKS_BY_NAME]
@@ -137,12 +152,17 @@ def _read_source(source: Path, task_names: Sequence[str]) -> tuple[dict, dict]:
         missing = [series for series in ("zeta", "x0_zeta") if series not in entry]
         if missing:
             raise ValueError(f"source={str(source)!r}: task {name!r} has not finished its {' and '.join(missing)} search(es)")
+        for series, lam in (("zeta", 1.0), ("x0_zeta", 0.0)):
+            if lam not in images.chosen_steps(entry[series]):
+                raise ValueError(f"source={str(source)!r}: task {name!r} has no λ = {lam:g} in its {series} search "
+                                 f"(λ searched: {sorted(images.chosen_steps(entry[series]))})")
         tasks[name] = entry
-    return settings, tasks
+    return settings, tasks, {key: run_key[key] for key in ("seed", "model_sha256") if key in run_key}
 
 
 def _methods(model, task, entry: dict, steps: int, with_deepinv: bool) -> list[tuple[str, str, Callable]]:
-    """(label, piece name, restore(y, seed)) of each single-chain point rerun for one task."""
+    """(label, setting — the step or weight, also the piece name —, restore(y, seed)) of each
+    single-chain point rerun for one task."""
     lam_one = replace(task, zeta=images.chosen_steps(entry["zeta"])[1.0])
     x0_lam_zero = replace(task, guidance="x0", zeta=images.chosen_steps(entry["x0_zeta"])[0.0])
     methods = [

@@ -72,4 +72,27 @@ def test_the_summary_lists_each_tasks_frontier_points(capsys):
 def test_without_a_lambda_one_point_the_mean_of_one_sample_is_a_chain_of_its_own():
     task_results = {"lam_sweep": [_row(0.05, 30.0, 60.0, lam=0.0, zeta=["beta", 80.0])],
                     "averaging": [_row(0.04, 10.0, 40.0, samples=1)]}
-    assert images._print_frontier("task", task_results)["fd"] == {"DPS λ 0": ["mean of 1"], "mean of 1": []}
+    beaten = images._print_frontier("task", task_results)
+    assert beaten["fd"] == {"DPS λ 0": ["mean of 1"], "mean of 1": []}
+    assert beaten["fd_one_chain"] == beaten["fd"]  # one sample is one chain
+
+
+def test_a_point_beaten_through_a_chain_names_only_the_frontier_point(capsys):
+    # λ 1 beats λ 0.5 beats λ 0: the table names λ 1, the frontier point, for λ 0
+    task_results = {"lam_sweep": [_row(0.05, 30.0, 60.0, lam=0.0, zeta=["beta", 80.0]),
+                                  _row(0.04, 20.0, 50.0, lam=0.5, zeta=["beta", 80.0]),
+                                  _row(0.03, 10.0, 40.0, lam=1.0, zeta=["beta", 80.0])]}
+    beaten = images._print_frontier("task", task_results, markdown=True)
+    assert beaten["fd"]["DPS λ 0"] == ["DPS λ 0.5", "DPS λ 1"]
+    lines = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith("| DPS")}
+    assert "| beaten by DPS λ 1 |" in lines["DPS λ 0"] and "DPS λ 0.5," not in lines["DPS λ 0"]
+
+
+def test_a_diverged_point_is_left_off_the_frontier_not_an_error(capsys):
+    task_results = {"lam_sweep": [_row(math.nan, 30.0, None, lam=0.0, zeta=["beta", 80.0]),
+                                  _row(0.04, 10.0, 40.0, lam=0.5, zeta=["beta", 80.0]),
+                                  _row(0.03, 20.0, 50.0, lam=1.0, zeta=["beta", 80.0])]}
+    beaten = images._print_frontier("task", task_results)
+    assert "DPS λ 0" not in beaten["fd"] and beaten["fd"] == {"DPS λ 0.5": [], "DPS λ 1": []}
+    row_of_lam_zero = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("DPS λ 0 "))
+    assert row_of_lam_zero.split()[-3:] == ["-", "-", "-"]
