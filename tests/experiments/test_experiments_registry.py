@@ -69,3 +69,10 @@ def test_status_options_go_with_status_only(tmp_path, capsys, flag):
         experiments.main(["images", flag, "-o", str(tmp_path)])
     assert f"{flag} goes with --status" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_named_experiments_run_in_registry_order_so_seed_spread_follows_images(monkeypatch, tmp_path):
+    ran = []
+    monkeypatch.setattr(experiments, "run", lambda name, *args, **kwargs: ran.append(name))
+    assert experiments.main(["seed_spread", "images", "gaussian", "images", "-o", str(tmp_path), "--quick"]) == 0
+    assert ran == ["gaussian", "images", "seed_spread"]
