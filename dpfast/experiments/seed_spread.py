@@ -65,8 +65,9 @@ def run(out_dir, quick: bool = False, seed: int = 0, source=None, task_names: Se
     Example:
         >>> from dpfast.experiments import seed_spread
         >>> spread = seed_spread.run("docs/full_run")  # doctest: +SKIP
-        >>> spread["tasks"]["denoise σn=0.1"]["summary"]["dpfast DPS λ = 1"]["mse"]  # doctest: +SKIP
-        {'mean': 0.0029, 'std': 0.0001}
+        >>> mse = spread["tasks"]["denoise σn=0.1"]["summary"]["dpfast DPS λ = 1"]["mse"]  # doctest: +SKIP
+        >>> round(mse["mean"], 5), round(mse["std"], 5)  # the full run, 4 draws  # doctest: +SKIP
+        (0.00283, 8e-05)
     """
     started = time.perf_counter()
     source_given = source is not None
