@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import time
+from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -142,6 +143,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m dpfast.experiment
             parser.error(f"--device {args.device}: only {', '.join(ON_DEVICE)} run off the CPU, got {' '.join(names)}")
         if device.type == "cuda" and not torch.cuda.is_available():
             parser.error(f"--device {args.device}: CUDA is not available here")
+    if "seed_spread" in names and "images" not in names and not any(
+            (Path(args.out) / f"images{suffix}.json").is_file() for suffix in ("", ".partial")):
+        parser.error(f"seed_spread reruns the points of an images run in -o {args.out}, and there is none: "
+                     f"run `images -o {args.out}` first (or both: `images seed_spread -o {args.out}`)")
     size = "quick" if args.quick else "medium" if args.medium else "full"
     size += "" if args.device == "cpu" else f", on {args.device}"
     for name in names:

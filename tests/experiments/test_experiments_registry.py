@@ -76,3 +76,9 @@ def test_named_experiments_run_in_registry_order_so_seed_spread_follows_images(m
     monkeypatch.setattr(experiments, "run", lambda name, *args, **kwargs: ran.append(name))
     assert experiments.main(["seed_spread", "images", "gaussian", "images", "-o", str(tmp_path), "--quick"]) == 0
     assert ran == ["gaussian", "images", "seed_spread"]
+
+
+def test_seed_spread_without_an_images_run_in_out_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        experiments.main(["seed_spread", "-o", str(tmp_path)])
+    assert f"seed_spread reruns the points of an images run in -o {tmp_path}, and there is none" in capsys.readouterr().err
