@@ -558,14 +558,26 @@ def _ddim(model, task: ImageTask, test, train, settings: Settings, seed: int, pr
     return {"ddim": ddim_rows, "ddim_search": [{"zeta": list(choice), "mse": mse} for choice, mse in errors.items()]}
 
 
+def deepinv_chain(model, task: ImageTask, y: torch.Tensor, steps: int, alpha: float, weight: float, seed: int) -> torch.Tensor:
+    """deepinv's DPS on ``y`` as the images run's baseline runs it: the ancestral solver with
+    ``alpha``, guidance ``weight``, float32, one generator from ``seed``
+    (:func:`~dpfast.baselines.deepinv_dps.deepinv_restoration`); the restoration in ``y``'s dtype.
+
+    Example:
+        >>> restored = deepinv_chain(model, TASKS[0], y, 100, alpha=1.0, weight=300.0, seed=0)  # doctest: +SKIP
+    """
+    from dpfast.baselines.deepinv_dps import deepinv_restoration
+
+    return deepinv_restoration(model, task.operator(), y, steps, torch.float32, weight=weight, solver="ancestral",
+                               alpha=alpha, seed=seed)().to(y.dtype)
+
+
 def _deepinv_series(model, task: ImageTask, test, train, settings: Settings, seed: int, progress,
                     pieces: PieceStore, reference) -> list[dict]:
     """deepinv's DPS at each α, its weight the lowest training-image MSE of the grid."""
-    from dpfast.baselines.deepinv_dps import deepinv_restoration
 
     def restore(y, alpha, weight, run_seed):
-        return deepinv_restoration(model, task.operator(), y, settings.steps, torch.float32, weight=weight,
-                                   solver="ancestral", alpha=alpha, seed=run_seed)().to(test.dtype)
+        return deepinv_chain(model, task, y, settings.steps, alpha, weight, run_seed)
 
     y_train = task.measure(train, seed=seed + SEARCH_SEED)
     y_test = task.measure(test, seed=seed + TEST_SEED)

@@ -174,12 +174,9 @@ def _methods(model, task, entry: dict, steps: int, with_deepinv: bool) -> list[t
     ]
     alpha_one = [row for row in entry.get("deepinv", []) if row["alpha"] == 1.0]
     if with_deepinv and alpha_one:
-        from dpfast.baselines.deepinv_dps import deepinv_restoration
-
         weight = alpha_one[0]["weight"]
         methods.append(("deepinv DPS α = 1", f"{task.name} deepinv α 1, weight {weight:g}",
-                        lambda y, seed: deepinv_restoration(model, task.operator(), y, steps, torch.float32, weight=weight,
-                                                            solver="ancestral", alpha=1.0, seed=seed)().to(y.dtype)))
+                        lambda y, seed: images.deepinv_chain(model, task, y, steps, 1.0, weight, seed)))
     elif with_deepinv:
         print(f"[{NAME}] {task.name}: the source has no deepinv α = 1 point yet: deepinv is skipped", flush=True)
     return methods
